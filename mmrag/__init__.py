@@ -1,0 +1,42 @@
+"""mmrag: multimodal retrieval for RAG.
+
+CLIP-family embeddings of images and captions in Qdrant, served to LangChain
+chains and agents. Heavy modules (torch, transformers) load on first use, so
+`import mmrag` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Settings": "mmrag.settings",
+    "get_settings": "mmrag.settings",
+    "load_embedder": "mmrag.embedders",
+    "open_store": "mmrag.store",
+    "EdgeStore": "mmrag.store",
+    "QdrantClientStore": "mmrag.store",
+    "run_ingest": "mmrag.ingest",
+    "IngestOptions": "mmrag.ingest",
+    "IngestReport": "mmrag.ingest",
+    "MultimodalRetriever": "mmrag.retriever",
+    "MultimodalEmbeddings": "mmrag.retriever",
+    "ZeroShotClassifier": "mmrag.classify",
+    "classify": "mmrag.classify",
+    "image_similarity": "mmrag.classify",
+    "image_text_similarity": "mmrag.classify",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmrag' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,66 @@
+"""The contract every embedding backend fulfils.
+
+Backends live next to this file (one adapter per backend); the registry maps
+friendly names and prefixes to them. Nothing here knows about the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a collection records about the model that filled it.
+
+    Two embedders whose `fingerprint()` differ must never write into the same
+    collection: their vectors live in different spaces.
+    """
+
+    model_id: str  # canonical id: HF id, "local-dir:/abs/path", or "cn_clip:ViT-B-16"
+    dim: int
+    backend: str  # "hf-clip" | "hf-chinese-clip" | "cn_clip"
+    image_size: int  # square input side the vision tower expects
+    language: str = "en"  # default prompt language: "en" or "zh"
+    quantization: str | None = None  # None or "int8"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "backend": self.backend,
+            "quantization": self.quantization,
+        }
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns images and texts into L2-normalised float32 vectors of one space."""
+
+    info: ModelInfo
+    device: str
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(learned temperature): multiplies cosine similarities into logits."""
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB PIL image -> float32 CHW array ready for `embed_pixels`.
+
+        Pure CPU work, thread-safe: ingestion runs it inside decode workers so
+        that it overlaps model compute.
+        """
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 from `preprocess` -> (N, dim) float32, unit norm."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Convenience: preprocess + embed_pixels, in batches."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, dim) float32, unit norm. Padded to the longest text in each batch."""

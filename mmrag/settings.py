@@ -1,0 +1,87 @@
+"""Runtime settings. This is the only module that reads the environment or `.env`.
+
+Everything else receives a `Settings` instance (or plain arguments) from its caller,
+so library code and tests never depend on the process environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,  # `QDRANT_URL=` in .env means "unset", as .env.example shows
+    )
+
+    # --- where things live -------------------------------------------------
+    home: Path = Field(
+        default=Path(".mmrag"),
+        validation_alias=AliasChoices("MMRAG_HOME", "home"),
+        description="Data directory of the embedded store, locks and reports.",
+    )
+    collection: str = Field(
+        default="mmrag", validation_alias=AliasChoices("MMRAG_COLLECTION", "collection")
+    )
+
+    # --- model --------------------------------------------------------------
+    model: str = Field(
+        default="clip-vit-b32",
+        validation_alias=AliasChoices("MMRAG_MODEL", "model"),
+        description="Registry name, HF model id, local directory, or cn_clip:NAME.",
+    )
+    device: str = Field(
+        default="auto", validation_alias=AliasChoices("MMRAG_DEVICE", "device")
+    )
+    quantize: Optional[Literal["int8"]] = Field(
+        default=None, validation_alias=AliasChoices("MMRAG_QUANTIZE", "quantize")
+    )
+    fast_preprocess: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MMRAG_FAST_PREPROCESS", "fast_preprocess"),
+        description="JPEG draft-mode decoding; off by default (see README for fidelity).",
+    )
+
+    # --- ingestion ----------------------------------------------------------
+    batch_size: int = Field(default=32, ge=1, validation_alias=AliasChoices("MMRAG_BATCH_SIZE", "batch_size"))
+    text_batch_size: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_TEXT_BATCH_SIZE", "text_batch_size"))
+    write_batch_size: int = Field(default=256, ge=1, validation_alias=AliasChoices("MMRAG_WRITE_BATCH_SIZE", "write_batch_size"))
+    workers: int = Field(default=0, ge=0, validation_alias=AliasChoices("MMRAG_WORKERS", "workers"),
+                         description="Decode workers; 0 picks one per CPU core.")
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MMRAG_MAX_FILE_BYTES", "max_file_bytes"))
+    max_image_pixels: int = Field(default=89_478_485, ge=1, validation_alias=AliasChoices("MMRAG_MAX_IMAGE_PIXELS", "max_image_pixels"),
+                                  description="Decompression-bomb limit (PIL's default).")
+
+    # --- search -------------------------------------------------------------
+    hnsw: bool = Field(default=False, validation_alias=AliasChoices("MMRAG_HNSW", "hnsw"),
+                       description="Approximate search; exact search is the default.")
+    hnsw_ef: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_HNSW_EF", "hnsw_ef"))
+
+    # --- remote Qdrant ------------------------------------------------------
+    qdrant_url: Optional[str] = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
+    qdrant_api_key: Optional[str] = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))
+    qdrant_prefer_grpc: bool = Field(default=False, validation_alias=AliasChoices("QDRANT_PREFER_GRPC", "qdrant_prefer_grpc"))
+    qdrant_https: Optional[bool] = Field(default=None, validation_alias=AliasChoices("QDRANT_HTTPS", "qdrant_https"))
+    qdrant_timeout: float = Field(default=30.0, gt=0, validation_alias=AliasChoices("QDRANT_TIMEOUT", "qdrant_timeout"))
+    shard_number: Optional[int] = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_SHARD_NUMBER", "shard_number"))
+    replication_factor: Optional[int] = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_REPLICATION_FACTOR", "replication_factor"))
+
+    # --- retries (remote store) ---------------------------------------------
+    retry_attempts: int = Field(default=6, ge=1, validation_alias=AliasChoices("MMRAG_RETRY_ATTEMPTS", "retry_attempts"))
+    retry_max_seconds: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_MAX_SECONDS", "retry_max_seconds"))
+    retry_initial_seconds: float = Field(default=0.5, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_INITIAL_SECONDS", "retry_initial_seconds"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the process environment and `./.env` (cached per process)."""
+    return Settings()

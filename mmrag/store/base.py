@@ -1,0 +1,111 @@
+"""The one store adapter contract, spoken in qdrant-client's models.
+
+Backends: `EdgeStore` (qdrant-edge, embedded on disk, the default),
+`QdrantClientStore` (qdrant-client: remote server or `:memory:`). Nothing in
+`mmrag.store` imports `mmrag.embedders`; vectors arrive as plain floats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+from qdrant_client import models
+
+from .schema import CollectionSpec
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Minimal surface mmrag needs from Qdrant. Every backend passes the same tests."""
+
+    backend_name: str
+
+    # --- collections ----------------------------------------------------------
+    def list_collections(self) -> list[str]: ...
+    def collection_exists(self, name: str) -> bool: ...
+    def create_collection(self, spec: CollectionSpec) -> None:
+        """Create vectors (cosine, named), payload indexes and the metadata of `spec`."""
+    def get_spec(self, name: str) -> CollectionSpec | None:
+        """The spec recorded in the collection's metadata; None if the collection is absent."""
+    def update_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        """Merge keys into the collection's metadata (e.g. tagging labels)."""
+    def delete_collection(self, name: str) -> None: ...
+    def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None: ...
+
+    # --- aliases (server: Qdrant aliases; edge: our own atomic pointer file) ---
+    def get_aliases(self) -> dict[str, str]:
+        """alias -> collection"""
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Atomically point `alias` at `collection` (creating or switching it)."""
+    def delete_alias(self, alias: str) -> None: ...
+    def resolve(self, name: str) -> str:
+        """Alias target if `name` is an alias, else `name` itself."""
+
+    # --- points ---------------------------------------------------------------
+    def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
+        """Insert or replace whole points (all vectors + payload); durable when it returns."""
+    def delete_points(self, name: str, ids: Sequence[str]) -> None: ...
+    def set_payload(self, name: str, payload: Mapping[str, Any], ids: Sequence[str]) -> None: ...
+    def retrieve(
+        self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
+    ) -> list[models.Record]: ...
+    def scroll(
+        self,
+        name: str,
+        *,
+        scroll_filter: models.Filter | None = None,
+        limit: int = 256,
+        offset: Any = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool | Sequence[str] = False,
+    ) -> tuple[list[models.Record], Any]:
+        """One page of points and the offset of the next page (None at the end)."""
+    def count(self, name: str, count_filter: models.Filter | None = None) -> int: ...
+
+    # --- search -----------------------------------------------------------------
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        *,
+        using: str,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        score_threshold: float | None = None,
+        exact: bool = True,
+        hnsw_ef: int | None = None,
+        with_payload: bool = True,
+        with_vectors: bool | Sequence[str] = False,
+    ) -> list[models.ScoredPoint]:
+        """Nearest neighbours on one named vector; score is cosine similarity."""
+    def search_fused(
+        self,
+        name: str,
+        vectors: Mapping[str, Sequence[float]],
+        *,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        prefetch_limit: int | None = None,
+        exact: bool = True,
+    ) -> list[models.ScoredPoint]:
+        """Prefetch on each named vector, merged with reciprocal rank fusion."""
+
+    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]: ...
+    async def asearch_fused(self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any) -> list[models.ScoredPoint]: ...
+
+    def optimize(self, name: str) -> None:
+        """Build indexes now (HNSW on edge); a no-op where the server does it itself."""
+    def close(self) -> None: ...
+
+
+class ThreadedAsyncMixin:
+    """Async methods for synchronous backends: run the sync call in a worker thread."""
+
+    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]:
+        return await asyncio.to_thread(self.search, name, vector, **kwargs)  # type: ignore[attr-defined]
+
+    async def asearch_fused(
+        self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
+    ) -> list[models.ScoredPoint]:
+        return await asyncio.to_thread(self.search_fused, name, vectors, **kwargs)  # type: ignore[attr-defined]
