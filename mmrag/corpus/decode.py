@@ -1,0 +1,352 @@
+"""Decode corpus images safely into RGB, one at a time or through a bounded thread pool.
+
+`decode_image` is the boundary where untrusted bytes meet the image library:
+it never raises for bad input. Every failure becomes a SkippedFile whose reason
+starts with one of:
+
+    "file not found", "empty file", "file too large (...)",
+    "not an image (cannot identify image file)", "truncated or corrupt image: ...",
+    "decompression bomb: ...", "preprocess failed: ...", "unreadable: ..."
+
+Colour handling (everything comes out as 8-bit RGB):
+- transparency (RGBA, LA, PA, palette or single-colour tRNS) is composited onto
+  WHITE: transparent logos and icons are drawn on light pages far more often
+  than on black, and dropping alpha would expose arbitrary hidden colours;
+- 16-bit greyscale ("I;16*") is scaled to 8 bits (v * 255 / 65535), not clipped;
+- "I" (32-bit int) is treated as 16-bit data when it comes from PNG or holds
+  values above 255, else as 8-bit; "F" (float) as [0, 1] when max <= 1, else [0, 255];
+- CMYK, 1-bit, palette, YCbCr use Pillow's conversion;
+- EXIF orientation is applied; width/height are reported as displayed;
+- multi-frame files (GIF, APNG, TIFF, MPO) give their first frame.
+
+Only SAFE_FORMATS are tried on untrusted bytes: no EPS (Pillow would run Ghostscript).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .types import CorpusItem, DecodedImage, SkippedFile
+
+log = logging.getLogger(__name__)
+
+Preprocess = Callable[[Image.Image], np.ndarray]
+
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # transposes and 90° rotations swap width and height
+_ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
+_PIL_GLOBALS_LOCK = threading.Lock()
+# Formats Pillow may try on untrusted bytes. Notably absent: EPS/PS (Pillow runs
+# Ghostscript on them) and exotic plugins nobody stores photos in. Camera JPEGs
+# that Pillow reports as "MPO" (multi-picture) are opened by the JPEG plugin.
+SAFE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "ICO", "PPM")
+_JPEG_FORMATS = ("JPEG", "MPO")
+_available_formats: tuple[str, ...] | None = None
+
+
+def _open_formats() -> tuple[str, ...]:
+    """SAFE_FORMATS that this Pillow build can open (AVIF support is optional)."""
+    global _available_formats
+    if _available_formats is None:
+        with _PIL_GLOBALS_LOCK:
+            Image.init()  # idempotent; registers every plugin so OPEN is complete
+            _available_formats = tuple(f for f in SAFE_FORMATS if f in Image.OPEN)
+    return _available_formats
+
+
+class ImageDecodeError(ValueError):
+    """Raised by `load_rgb`; `reason` is the SkippedFile reason text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- public
+
+
+def decode_image(
+    item: CorpusItem,
+    *,
+    max_file_bytes: int,
+    max_image_pixels: int,
+    preprocess: Preprocess | None = None,
+    draft_size: int | None = None,
+) -> DecodedImage | SkippedFile:
+    """Read, validate and decode one image. Returns SkippedFile instead of raising."""
+    try:
+        data = _read_bounded(item.path, max_file_bytes)
+        sha256 = hashlib.sha256(data).hexdigest()
+        image, fmt, (width, height) = _decode_bytes(data, max_image_pixels, draft_size)
+        pixels = None
+        if preprocess is not None:
+            try:
+                pixels = preprocess(image)
+            except Exception as exc:
+                raise ImageDecodeError(f"preprocess failed: {_describe(exc)}") from exc
+        return DecodedImage(item=item, sha256=sha256, width=width, height=height, format=fmt, pixels=pixels)
+    except ImageDecodeError as exc:
+        return SkippedFile(item.rel_path, exc.reason)
+    except MemoryError:
+        return SkippedFile(item.rel_path, "unreadable: out of memory while decoding")
+    except Exception as exc:  # the boundary: nothing from a bad file may escape
+        return SkippedFile(item.rel_path, f"unreadable: {_describe(exc)}")
+
+
+def load_rgb(
+    source: Path | str | bytes,
+    *,
+    max_file_bytes: int = 100 * 1024 * 1024,
+    max_image_pixels: int = 89_478_485,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode a path or raw bytes into an RGB image with the same rules as `decode_image`.
+
+    For query-time images (search by example). Raises ImageDecodeError with a
+    readable reason instead of Pillow's assorted exceptions.
+    """
+    try:
+        data = source if isinstance(source, bytes) else _read_bounded(Path(source), max_file_bytes)
+        if isinstance(source, bytes):
+            if not data:
+                raise ImageDecodeError("empty file")
+            if len(data) > max_file_bytes:
+                raise ImageDecodeError(f"file too large ({len(data)} bytes > limit {max_file_bytes})")
+        image, _, _ = _decode_bytes(data, max_image_pixels, draft_size)
+        return image
+    except ImageDecodeError:
+        raise
+    except MemoryError as exc:
+        raise ImageDecodeError("unreadable: out of memory while decoding") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"unreadable: {_describe(exc)}") from exc
+
+
+def decode_stream(
+    items: Iterable[CorpusItem | SkippedFile],
+    *,
+    workers: int = 0,
+    max_file_bytes: int,
+    max_image_pixels: int,
+    preprocess: Preprocess | None = None,
+    draft_size: int | None = None,
+    max_in_flight: int | None = None,
+) -> Iterator[DecodedImage | SkippedFile]:
+    """Decode `items` on a thread pool, yielding results in input order.
+
+    Pillow releases the GIL while decoding and resizing, so threads scale on
+    cores without pickling images between processes. At most `max_in_flight`
+    (default 4 × workers) items are submitted ahead of the consumer, so memory
+    stays bounded on any corpus size. SkippedFile inputs pass through in place.
+    `workers=0` means one per CPU core. Closing the generator early cancels
+    pending work.
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    n_workers = workers or os.cpu_count() or 1
+    window = max_in_flight if max_in_flight is not None else 4 * n_workers
+    if window < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {window}")
+
+    pending: deque[Future[DecodedImage | SkippedFile] | SkippedFile] = deque()
+
+    def ready() -> bool:
+        head = pending[0]
+        return isinstance(head, SkippedFile) or head.done()
+
+    def pop() -> DecodedImage | SkippedFile:
+        head = pending.popleft()
+        return head if isinstance(head, SkippedFile) else head.result()
+
+    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mmrag-decode")
+    try:
+        for item in items:
+            if isinstance(item, SkippedFile):
+                pending.append(item)
+            elif isinstance(item, CorpusItem):
+                pending.append(
+                    pool.submit(
+                        decode_image,
+                        item,
+                        max_file_bytes=max_file_bytes,
+                        max_image_pixels=max_image_pixels,
+                        preprocess=preprocess,
+                        draft_size=draft_size,
+                    )
+                )
+            else:
+                raise TypeError(f"decode_stream expects CorpusItem or SkippedFile, got {type(item).__name__}")
+            # Hand over whatever is already finished, then block only when the window is full.
+            while pending and ready():
+                yield pop()
+            while len(pending) >= window:
+                yield pop()
+        while pending:
+            yield pop()
+    finally:
+        for entry in pending:
+            if isinstance(entry, Future):
+                entry.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_bounded(path: Path, max_file_bytes: int) -> bytes:
+    """The whole file, read once; size checked from stat before any byte is read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError("file not found") from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable: {exc.strerror or exc}") from exc
+    if st.st_size == 0:
+        raise ImageDecodeError("empty file")
+    if st.st_size > max_file_bytes:
+        raise ImageDecodeError(f"file too large ({st.st_size} bytes > limit {max_file_bytes})")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_file_bytes + 1)  # +1: notice a file that grew since stat
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageDecodeError("empty file")
+    if len(data) > max_file_bytes:
+        raise ImageDecodeError(f"file too large (grew past the limit of {max_file_bytes} bytes while read)")
+    return data
+
+
+def _ensure_pil_limit(max_image_pixels: int) -> None:
+    """Keep Pillow's own bomb guard from rejecting images our (larger) limit allows.
+
+    Our limit is checked against the header before decoding; Pillow's global
+    check would otherwise refuse anything above 2 × its default inside
+    Image.open. The global is only ever raised, once per new maximum, under a lock.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or max_image_pixels <= 2 * current:
+        return
+    with _PIL_GLOBALS_LOCK:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and max_image_pixels > 2 * current:
+            Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def _bomb_reason(width: int, height: int, limit: int) -> str:
+    return f"decompression bomb: {width}×{height} pixels exceeds limit {limit}"
+
+
+def _decode_bytes(
+    data: bytes, max_image_pixels: int, draft_size: int | None
+) -> tuple[Image.Image, str, tuple[int, int]]:
+    """(RGB image, format, displayed size) from encoded bytes; raises ImageDecodeError."""
+    _ensure_pil_limit(max_image_pixels)
+    try:
+        img = Image.open(io.BytesIO(data), formats=_open_formats())
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image (cannot identify image file)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
+
+    with img:
+        fmt = img.format or "UNKNOWN"
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageDecodeError(f"truncated or corrupt image: invalid size {width}×{height}")
+        # Our limit, from the header, before a single pixel is decoded.
+        if width * height > max_image_pixels:
+            raise ImageDecodeError(_bomb_reason(width, height, max_image_pixels))
+
+        if draft_size and fmt in _JPEG_FORMATS:
+            # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= draft_size.
+            img.draft("RGB", (draft_size, draft_size))
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(f"decompression bomb: {exc}") from exc
+        except Exception as exc:
+            raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
+
+        orientation = _orientation(img)
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        oriented = _apply_orientation(img, orientation)
+        try:
+            rgb = to_rgb(oriented, source_format=fmt)
+        except Exception as exc:
+            raise ImageDecodeError(
+                f"unreadable: cannot convert mode {oriented.mode} to RGB ({_describe(exc)})"
+            ) from exc
+        if rgb is img:
+            rgb = img.copy()  # closing the file would invalidate the pixels of `img` itself
+    return rgb, fmt, (width, height)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+        return int(value) if value in range(1, 9) else 1
+    except Exception:
+        return 1  # unparsable EXIF: show the pixels as stored
+
+
+def _apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    if orientation == 1:
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:
+        log.debug("exif_transpose failed (%s); keeping stored orientation", exc)
+        return img
+
+
+def to_rgb(img: Image.Image, *, source_format: str | None = None) -> Image.Image:
+    """8-bit RGB version of any Pillow image (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I;16"):
+        return _grey_to_rgb(_scale_16bit(np.asarray(img)))
+    if mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if source_format == "PNG" or (arr.size and arr.max() > 255):
+            return _grey_to_rgb(_scale_16bit(arr))
+        return _grey_to_rgb(np.clip(arr, 0, 255).astype(np.uint8))
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return _grey_to_rgb(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_16bit(arr: np.ndarray) -> np.ndarray:
+    wide = np.clip(arr.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8)).convert("RGB")

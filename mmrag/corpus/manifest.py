@@ -1,0 +1,248 @@
+"""Read image manifests (`.jsonl`, `.csv`, `.parquet`) as a stream of CorpusItems.
+
+A manifest has one row per image: a required `path` column (relative to the
+corpus root, or absolute), an optional `caption`, and any other columns, which
+become the item's `metadata` (JSON-safe Python values). Rows are streamed: a
+manifest with millions of rows is never held in memory whole.
+
+Bad rows never stop the read: a row whose file is missing, whose JSON does not
+parse, or whose CSV field count is wrong is yielded as a SkippedFile. A manifest
+without a `path` column is a caller error and raises ValueError.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import json
+import math
+import os
+import stat
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .scan import to_rel_path
+from .types import CorpusItem, SkippedFile
+
+PATH_COLUMN = "path"
+CAPTION_COLUMN = "caption"
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
+
+_DROP = object()  # marker: value is dropped from metadata (None, NaN, empty cell, binary)
+
+
+def read_manifest(
+    path: Path, *, root: Path | None = None, batch_size: int = 4096
+) -> Iterator[CorpusItem | SkippedFile]:
+    """Stream the rows of a manifest as CorpusItem (or SkippedFile for bad rows).
+
+    `root` is the folder that relative `path` values are resolved against and
+    that `rel_path` is computed from; it defaults to the manifest's folder.
+    Later rows repeating an already seen path are skipped (a path is a point id).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(
+            f"unsupported manifest format {path.name!r}: expected one of {', '.join(MANIFEST_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    root = Path(root) if root is not None else path.parent
+    root = Path(os.path.normpath(root.absolute()))
+
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(path)
+    elif suffix == ".csv":
+        rows = _csv_rows(path)
+    else:
+        rows = _parquet_rows(path, batch_size)
+
+    first_seen: dict[str, str] = {}  # rel_path -> where it was first listed
+    for where, row in rows:
+        if isinstance(row, SkippedFile):
+            yield row
+            continue
+        result = _row_to_item(row, root, where, path.name)
+        if isinstance(result, CorpusItem):
+            if result.rel_path in first_seen:
+                yield SkippedFile(
+                    result.rel_path, f"duplicate manifest row ({where}; first listed at {first_seen[result.rel_path]})"
+                )
+                continue
+            first_seen[result.rel_path] = where
+        yield result
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+    saw_path_column = False
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"line {lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+            except UnicodeDecodeError as exc:
+                yield where, SkippedFile(f"{path.name}:{lineno}", f"invalid UTF-8 on line {lineno}: {exc}")
+                continue
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, SkippedFile(f"{path.name}:{lineno}", f"bad JSON on line {lineno}: {exc.msg}")
+                continue
+            if not isinstance(row, dict):
+                yield where, SkippedFile(
+                    f"{path.name}:{lineno}", f"line {lineno} is not a JSON object ({type(row).__name__})"
+                )
+                continue
+            if PATH_COLUMN not in row and not saw_path_column:
+                # The first record decides the schema: without `path` the whole file is wrong.
+                raise ValueError(
+                    f"manifest {path} has no {PATH_COLUMN!r} column; "
+                    f"columns found on line {lineno}: {sorted(row)}"
+                )
+            saw_path_column = True
+            yield where, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+    # Long captions exceed csv's default 128 KiB field limit.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        # utf-8-sig: Excel writes a BOM that would otherwise glue itself to the first column name.
+        with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"manifest {path} is empty (no header row)")
+            columns = [c.strip() for c in header]
+            if PATH_COLUMN not in columns:
+                raise ValueError(f"manifest {path} has no {PATH_COLUMN!r} column; columns found: {columns}")
+            for record in reader:
+                where = f"line {reader.line_num}"
+                if not record or all(not cell.strip() for cell in record):
+                    continue  # blank line
+                if len(record) != len(columns):
+                    yield where, SkippedFile(
+                        f"{path.name}:{reader.line_num}",
+                        f"{where}: expected {len(columns)} fields, got {len(record)}",
+                    )
+                    continue
+                # Cells stay strings: CSV carries no types, and guessing turns "007" into 7.
+                yield where, {c: v for c, v in zip(columns, record) if v != ""}
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"manifest {path} is not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
+        ) from exc
+
+
+def _parquet_rows(path: Path, batch_size: int) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    columns = pf.schema_arrow.names
+    if PATH_COLUMN not in columns:
+        raise ValueError(f"manifest {path} has no {PATH_COLUMN!r} column; columns found: {columns}")
+    rowno = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            rowno += 1
+            yield f"row {rowno}", row
+
+
+# --------------------------------------------------------------------------- values
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serialisable version of a manifest value; `_DROP` for values that carry nothing."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return _DROP if value is None else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _DROP
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else _DROP
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _DROP  # binary blobs (thumbnails, old embeddings) do not belong in a JSON payload
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            safe = json_safe(v)
+            if safe is not _DROP:
+                out[str(k)] = safe
+        return out
+    if isinstance(value, (list, tuple)):
+        # Positions matter inside a list: an unusable element becomes null, not dropped.
+        return [None if (s := json_safe(v)) is _DROP else s for v in value]
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return json_safe(item())
+        except Exception:
+            pass
+    return str(value)
+
+
+def _clean_caption(value: Any) -> str | None:
+    safe = json_safe(value)
+    if safe is _DROP or isinstance(safe, (dict, list)):
+        return None
+    text = str(safe).strip()
+    return text or None
+
+
+def _row_to_item(row: Mapping[str, Any], root: Path, where: str, manifest_name: str) -> CorpusItem | SkippedFile:
+    raw_path = row.get(PATH_COLUMN)
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        return SkippedFile(f"{manifest_name}:{where.split()[-1]}", f"{where}: missing or invalid {PATH_COLUMN!r}")
+    resolved, rel_path = resolve_manifest_path(raw_path.strip(), root)
+    try:
+        st = os.stat(resolved)
+    except FileNotFoundError:
+        return SkippedFile(rel_path, "file not found")
+    except OSError as exc:
+        return SkippedFile(rel_path, f"unreadable: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return SkippedFile(rel_path, "not a regular file")
+
+    metadata: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in (PATH_COLUMN, CAPTION_COLUMN):
+            continue
+        safe = json_safe(value)
+        if safe is not _DROP:
+            metadata[str(key)] = safe
+    return CorpusItem(
+        path=resolved,
+        rel_path=rel_path,
+        file_size=st.st_size,
+        mtime=st.st_mtime,
+        caption=_clean_caption(row.get(CAPTION_COLUMN)),
+        metadata=metadata,
+    )
+
+
+def resolve_manifest_path(raw: str, root: Path) -> tuple[Path, str]:
+    """(absolute path, rel_path) of a manifest `path` value.
+
+    rel_path is relative to `root` when the file lies under it; a file outside
+    the root keeps its absolute POSIX path as identity (still unique and stable).
+    """
+    candidate = Path(raw)
+    absolute = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+    try:
+        rel = absolute.relative_to(root)
+        return absolute, to_rel_path(rel.parts)
+    except ValueError:
+        return absolute, to_rel_path([absolute.as_posix()])
+
