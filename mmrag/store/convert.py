@@ -1,0 +1,369 @@
+"""Pure conversions between mmrag's records and Qdrant points / LangChain Documents.
+
+Point ids are uuid5 of the normalised corpus-relative path, so re-ingesting the
+same file (on any OS) overwrites its point instead of duplicating it. Nothing
+here touches the store; the only I/O is reading an image file when a caller asks
+for it inline (`include_image="data_uri"`, `image_content_block`).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import mimetypes
+import re
+import unicodedata
+import uuid
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path, PurePath
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+from langchain_core.documents import Document
+from qdrant_client import models
+
+from .schema import IMAGE_VECTOR, PAYLOAD_FIELDS, TEXT_VECTOR
+
+# Fixed forever: changing it would change every point id of every existing collection.
+MMRAG_NAMESPACE: uuid.UUID = uuid.UUID("831e4cc0-c18d-5d78-a9a9-141a47355af4")
+
+# Payload fields mmrag writes itself. "tags" is the exception: it comes from manifest metadata.
+RESERVED_FIELDS: frozenset[str] = frozenset(PAYLOAD_FIELDS) - {"tags"}
+
+IncludeImage = Literal["path", "data_uri"]
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+# PIL format names -> MIME types (PIL's names are what the payload "format" holds).
+_FORMAT_MIME = {
+    "JPEG": "image/jpeg",
+    "JPG": "image/jpeg",
+    "MPO": "image/jpeg",  # multi-picture JPEG from cameras; first frame is a plain JPEG
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "DIB": "image/bmp",
+    "TIFF": "image/tiff",
+    "ICO": "image/x-icon",
+    "PPM": "image/x-portable-pixmap",
+    "AVIF": "image/avif",
+    "HEIF": "image/heif",
+    "HEIC": "image/heic",
+    "JPEG2000": "image/jp2",
+}
+
+
+# --- ids ------------------------------------------------------------------------
+
+
+def normalize_rel_path(rel_path: str | PurePath) -> str:
+    """Corpus-relative path in its canonical form: NFC, POSIX separators, no '.' or empty parts.
+
+    Raises ValueError for empty, absolute or '..'-escaping paths: those cannot identify a
+    file inside the corpus.
+    """
+    text = str(rel_path)
+    # macOS file systems hand out NFD names; Linux and Windows usually NFC. Same file, same id.
+    text = unicodedata.normalize("NFC", text).replace("\\", "/")
+    if text.startswith("/") or _WINDOWS_DRIVE.match(text):
+        raise ValueError(f"expected a corpus-relative path, got the absolute path {str(rel_path)!r}")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"corpus-relative path {str(rel_path)!r} must not contain '..'")
+    if not parts:
+        raise ValueError(f"empty corpus-relative path: {str(rel_path)!r}")
+    return "/".join(parts)
+
+
+def point_id(rel_path: str | PurePath) -> str:
+    """The point id of a corpus file: uuid5(MMRAG_NAMESPACE, normalised relative path)."""
+    return str(uuid.uuid5(MMRAG_NAMESPACE, normalize_rel_path(rel_path)))
+
+
+# --- payload ----------------------------------------------------------------------
+
+
+def bool_keyword(value: bool) -> str:
+    """Booleans are stored and filtered as the keywords "true"/"false".
+
+    qdrant-edge 0.9 never matches boolean filters, so a keyword keeps filters working
+    the same on every backend. filters.py uses the same mapping.
+    """
+    return "true" if value else "false"
+
+
+class _Drop:
+    """Marker for values that are left out of the payload (None, NaN)."""
+
+
+_DROP = _Drop()
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(
+            f"datetime {moment.isoformat()} has no time zone; pass an aware datetime, "
+            "e.g. datetime.now(timezone.utc)"
+        )
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _json_safe(value: Any, where: str) -> Any:
+    """A JSON-safe copy of `value`, or _DROP. `where` names the key for error messages."""
+    if value is None:
+        return _DROP
+    if isinstance(value, (bool, np.bool_)):
+        return bool_keyword(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating, Decimal)):
+        number = float(value)
+        # JSON has no NaN/inf; a missing value reads better than a poisoned one.
+        return number if math.isfinite(number) else _DROP
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return _rfc3339(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"metadata key {key!r} under {where!r} must be a string")
+            converted = _json_safe(item, f"{where}.{key}")
+            if converted is not _DROP:
+                out[key] = converted
+        return out
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        converted_items = [_json_safe(item, f"{where}[]") for item in items]
+        return [item for item in converted_items if item is not _DROP]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item(), where)
+    raise ValueError(
+        f"metadata value for {where!r} is not JSON-safe: {type(value).__name__} {value!r}; "
+        "use strings, numbers, booleans, lists or dicts"
+    )
+
+
+def payload_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Manifest metadata made JSON-safe (see build_payload); reserved keys raise ValueError."""
+    out: dict[str, Any] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metadata key {key!r} must be a non-empty string")
+        if key in RESERVED_FIELDS:
+            raise ValueError(
+                f"metadata key {key!r} collides with a payload field mmrag writes itself "
+                f"(reserved: {', '.join(sorted(RESERVED_FIELDS))}); rename that manifest column"
+            )
+        converted = _json_safe(value, key)
+        if converted is _DROP:
+            continue
+        if key == "tags":
+            # Always a list of strings, so `tags=cat` matches whether one tag or many were given.
+            converted = [str(tag) for tag in (converted if isinstance(converted, list) else [converted])]
+        out[key] = converted
+    return out
+
+
+def build_payload(
+    *,
+    rel_path: str,
+    caption: str | None,
+    sha256: str,
+    width: int,
+    height: int,
+    format: str,
+    file_size: int,
+    mtime: float,
+    model_id: str,
+    ingested_at: datetime,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The payload of one point: mmrag's fields (schema.PAYLOAD_FIELDS) plus manifest metadata.
+
+    - `has_caption` is the keyword "yes"/"no"; an empty/blank caption counts as none (stored as None).
+    - `ingested_at` must be timezone-aware; it is stored as an RFC 3339 UTC string ("...Z").
+    - Metadata values are made JSON-safe: bools -> "true"/"false", numpy scalars -> numbers,
+      None/NaN dropped, nested dicts/lists kept. A key equal to a reserved field raises ValueError;
+      "tags" is allowed and stored as a list of strings.
+    """
+    text = caption.strip() if isinstance(caption, str) else ""
+    payload: dict[str, Any] = {
+        "path": normalize_rel_path(rel_path),
+        "caption": caption if text else None,
+        "sha256": str(sha256),
+        "width": int(width),
+        "height": int(height),
+        "format": str(format),
+        "file_size": int(file_size),
+        "mtime": float(mtime),
+        "model_id": str(model_id),
+        "ingested_at": _rfc3339(ingested_at),
+        "has_caption": "yes" if text else "no",
+    }
+    payload.update(payload_metadata(metadata))
+    return payload
+
+
+# --- points -----------------------------------------------------------------------
+
+
+def _vector_list(vector: Any, name: str, rel_path: str) -> list[float]:
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} vector of {rel_path!r} is not numeric: {exc}") from exc
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} vector of {rel_path!r} must be 1-D and non-empty, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} vector of {rel_path!r} contains NaN or infinite values")
+    # tolist() of a float32 array: Python floats that are exactly the float32 values.
+    return array.tolist()
+
+
+def build_point(
+    rel_path: str,
+    image_vector: Sequence[float] | np.ndarray,
+    text_vector: Sequence[float] | np.ndarray | None,
+    payload: Mapping[str, Any],
+    *,
+    dim: int | None = None,
+) -> models.PointStruct:
+    """A point with named vectors {"image": ..., "text": ...} ("text" only when given).
+
+    Vectors must be 1-D, finite, of equal length (and of length `dim` when given).
+    A payload "path" that disagrees with `rel_path` is refused: it would orphan the id.
+    """
+    path = normalize_rel_path(rel_path)
+    if "path" in payload and payload["path"] != path:
+        raise ValueError(f"payload path {payload['path']!r} does not match rel_path {path!r}")
+    vectors = {IMAGE_VECTOR: _vector_list(image_vector, IMAGE_VECTOR, path)}
+    if text_vector is not None:
+        vectors[TEXT_VECTOR] = _vector_list(text_vector, TEXT_VECTOR, path)
+    for name, values in vectors.items():
+        expected = dim if dim is not None else len(vectors[IMAGE_VECTOR])
+        if len(values) != expected:
+            raise ValueError(f"{name} vector of {path!r} has {len(values)} dimensions, expected {expected}")
+    return models.PointStruct(id=point_id(path), vector=vectors, payload=dict(payload))
+
+
+# --- documents --------------------------------------------------------------------
+
+
+def describe_path(rel_path: str) -> str:
+    """A readable stand-in caption: "holidays/summer_beach-01.jpg" -> "Image: summer beach 01 (in holidays)"."""
+    path = PurePath(str(rel_path).replace("\\", "/"))
+    words = re.sub(r"[\s_\-.]+", " ", path.stem).strip() or path.name
+    folder = path.parent.as_posix()
+    return f"Image: {words} (in {folder})" if folder not in ("", ".") else f"Image: {words}"
+
+
+def image_mime_type(format: str | None, rel_path: str | None = None) -> str:
+    """MIME type from a PIL format name, else from the file extension."""
+    if format:
+        known = _FORMAT_MIME.get(format.upper())
+        if known:
+            return known
+    if rel_path:
+        guessed, _ = mimetypes.guess_type(rel_path)
+        if guessed and guessed.startswith("image/"):
+            return guessed
+    if format:
+        return f"image/{format.lower()}"
+    return "application/octet-stream"
+
+
+def _image_file(corpus_root: Path | None, rel_path: str | None, mode: str) -> Path:
+    if corpus_root is None:
+        raise ValueError(f"include_image={mode!r} needs corpus_root (the directory the corpus was read from)")
+    if not rel_path:
+        raise ValueError(f"include_image={mode!r}: the point has no 'path' in its payload")
+    root = Path(corpus_root).resolve()
+    candidate = (root / normalize_rel_path(rel_path)).resolve()
+    # A symlink inside the corpus may point elsewhere; refuse to hand out files outside it.
+    if root != candidate and root not in candidate.parents:
+        raise ValueError(f"image path {rel_path!r} resolves outside corpus_root {str(root)!r}")
+    return candidate
+
+
+def data_uri(file: Path, mime_type: str) -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(Path(file).read_bytes()).decode('ascii')}"
+
+
+def document_from_point(
+    point: models.ScoredPoint | models.Record,
+    *,
+    vector_name: str | None = None,
+    include_image: IncludeImage | None = None,
+    corpus_root: Path | None = None,
+) -> Document:
+    """A LangChain Document for a search hit (ScoredPoint) or a fetched point (Record).
+
+    page_content is the caption, or `describe_path(path)` when there is none. metadata holds
+    id, score (None for Records), vector (the matched vector name), path, width, height and
+    the full payload. include_image="path" adds metadata["image_path"] (absolute);
+    include_image="data_uri" adds metadata["image_url"] (data:<mime>;base64,...). Both need
+    corpus_root.
+    """
+    if include_image not in (None, "path", "data_uri"):
+        raise ValueError(f"include_image must be None, 'path' or 'data_uri', got {include_image!r}")
+    payload = dict(point.payload or {})
+    rel_path = payload.get("path")
+    caption = payload.get("caption")
+    if isinstance(caption, str) and caption.strip():
+        content = caption
+    else:
+        content = describe_path(rel_path) if rel_path else f"Image {point.id}"
+    metadata: dict[str, Any] = {
+        "id": str(point.id),
+        "score": float(point.score) if isinstance(point, models.ScoredPoint) else None,
+        "vector": vector_name,
+        "path": rel_path,
+        "width": payload.get("width"),
+        "height": payload.get("height"),
+        "payload": payload,
+    }
+    if include_image is not None:
+        file = _image_file(corpus_root, rel_path, include_image)
+        if include_image == "path":
+            metadata["image_path"] = str(file)
+        else:
+            metadata["image_url"] = data_uri(file, image_mime_type(payload.get("format"), rel_path))
+    return Document(id=str(point.id), page_content=content, metadata=metadata)
+
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+\-]+/[\w.+\-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
+
+
+def image_content_block(doc: Document) -> dict[str, Any]:
+    """The LangChain standard image content block for `doc`'s image, for multimodal chat models.
+
+    From metadata["image_url"]: a data URI becomes {"type": "image", "base64": ..., "mime_type": ...},
+    any other URL {"type": "image", "url": ...}. From metadata["image_path"]: the file is read and
+    sent as base64. Build the Document with include_image=... to have either.
+    """
+    url = doc.metadata.get("image_url")
+    if url:
+        match = _DATA_URI.match(url)
+        if match:
+            return {"type": "image", "base64": match["data"], "mime_type": match["mime"] or "application/octet-stream"}
+        return {"type": "image", "url": url}
+    path = doc.metadata.get("image_path")
+    if path:
+        payload = doc.metadata.get("payload") or {}
+        mime = image_mime_type(payload.get("format"), str(path))
+        encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        return {"type": "image", "base64": encoded, "mime_type": mime}
+    raise ValueError(
+        f"document {doc.id!r} carries no image; build it with include_image='path' or 'data_uri' "
+        "(and corpus_root)"
+    )
