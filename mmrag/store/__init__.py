@@ -1,0 +1,42 @@
+"""Vector storage: one `VectorStore` contract, two Qdrant backends, and the factory that picks one."""
+
+from __future__ import annotations
+
+from .base import ThreadedAsyncMixin, VectorStore
+from .client import QdrantClientStore
+from .edge import BOOLEAN_FILTER_MESSAGE, RRF_K, EdgeStore, to_edge_filter
+from .factory import open_store
+from .schema import (
+    IMAGE_VECTOR,
+    PAYLOAD_FIELDS,
+    PAYLOAD_INDEXES,
+    SCHEMA_VERSION,
+    TEXT_VECTOR,
+    VECTOR_NAMES,
+    CollectionSpec,
+    SchemaMismatch,
+    check_compatible,
+)
+
+# --- helpers from convert.py / filters.py / retry.py (wired by the integrator) ---
+# e.g.: from .convert import ...; from .filters import ...; from .retry import ...
+
+__all__ = [
+    "BOOLEAN_FILTER_MESSAGE",
+    "CollectionSpec",
+    "EdgeStore",
+    "IMAGE_VECTOR",
+    "PAYLOAD_FIELDS",
+    "PAYLOAD_INDEXES",
+    "QdrantClientStore",
+    "RRF_K",
+    "SCHEMA_VERSION",
+    "SchemaMismatch",
+    "TEXT_VECTOR",
+    "ThreadedAsyncMixin",
+    "VECTOR_NAMES",
+    "VectorStore",
+    "check_compatible",
+    "open_store",
+    "to_edge_filter",
+]

@@ -1,0 +1,743 @@
+"""`EdgeStore`: the embedded, on-disk default backend over qdrant-edge.
+
+Layout under `home`::
+
+    home/aliases.json                      alias -> collection (replaced atomically)
+    home/aliases.lock                      serialises alias writers across processes
+    home/collections/<name>/meta.json      {"metadata": spec metadata, "payload_indexes": {...}, "vectors": {...}}
+    home/collections/<name>/shard/         one qdrant-edge EdgeShard
+
+qdrant-edge has no collections, aliases or collection metadata; this module
+supplies them with small JSON files and speaks qdrant-client `models` at its
+surface so callers cannot tell it from `QdrantClientStore`.
+
+Limitation: qdrant-edge lets only ONE process open a shard directory at a time
+(the shard's WAL is locked). A second process gets a clear RuntimeError. Inside
+one process shards are opened lazily, cached, and shared by all threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import qdrant_edge as qe
+from qdrant_client import models
+
+from .base import ThreadedAsyncMixin
+from .schema import VECTOR_NAMES, CollectionSpec
+
+try:  # POSIX only; elsewhere alias writers are serialised per process only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+# Same constant qdrant-client (local mode) and the Qdrant server use by default,
+# so both backends fuse identically: score = sum over rankings of 1 / (k + rank0).
+RRF_K = 2
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+
+_SCHEMA_TYPES: dict[str, Any] = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "geo": qe.PayloadSchemaType.Geo,
+    "text": qe.PayloadSchemaType.Text,
+    "bool": qe.PayloadSchemaType.Bool,
+    "datetime": qe.PayloadSchemaType.Datetime,
+    "uuid": qe.PayloadSchemaType.Uuid,
+}
+
+BOOLEAN_FILTER_MESSAGE = (
+    "boolean payload filters never match in qdrant-edge 0.9; mmrag stores flags as keywords "
+    "(\"yes\"/\"no\", e.g. has_caption), so filter with MatchValue(value=\"yes\") instead of {value!r}"
+)
+
+
+# ---------------------------------------------------------------------------
+# JSON files
+# ---------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write `data` as JSON so that readers see either the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# qdrant-client models -> qdrant_edge
+# ---------------------------------------------------------------------------
+
+
+def _id_in(point_id: Any) -> int | str:
+    if isinstance(point_id, uuid.UUID):
+        return str(point_id)
+    if isinstance(point_id, (int, str)) and not isinstance(point_id, bool):
+        return point_id
+    raise TypeError(f"point ids are UUID strings or unsigned ints, got {point_id!r}")
+
+
+def _id_out(point_id: Any) -> int | str:
+    return str(point_id) if isinstance(point_id, uuid.UUID) else point_id
+
+
+def to_edge_schema(schema: models.PayloadSchemaType | str) -> Any:
+    """PayloadSchemaType (or its string value) -> qdrant_edge.PayloadSchemaType."""
+    key = schema.value if isinstance(schema, models.PayloadSchemaType) else str(schema).lower()
+    try:
+        return _SCHEMA_TYPES[key]
+    except KeyError:
+        raise ValueError(f"unsupported payload index type {schema!r}; use one of {sorted(_SCHEMA_TYPES)}") from None
+
+
+def _check_not_bool(value: Any) -> None:
+    if isinstance(value, bool):
+        raise ValueError(BOOLEAN_FILTER_MESSAGE.format(value=value))
+
+
+def _to_edge_match(match: Any) -> Any:
+    if isinstance(match, models.MatchValue):
+        _check_not_bool(match.value)
+        return qe.MatchValue(match.value)
+    if isinstance(match, models.MatchAny):
+        for value in match.any:
+            _check_not_bool(value)
+        return qe.MatchAny(list(match.any))
+    if isinstance(match, models.MatchExcept):
+        for value in match.except_:
+            _check_not_bool(value)
+        return qe.MatchExcept(list(match.except_))
+    if isinstance(match, models.MatchText):
+        return qe.MatchText(match.text)
+    if isinstance(match, models.MatchTextAny):
+        return qe.MatchTextAny(match.text_any)
+    if isinstance(match, models.MatchPhrase):
+        return qe.MatchPhrase(match.phrase)
+    if isinstance(match, models.MatchPrefix):
+        return qe.MatchPrefix(match.prefix)
+    if isinstance(match, models.MatchSubstring):
+        return qe.MatchSubstring(match.substring)
+    raise TypeError(f"unsupported match condition for qdrant-edge: {match!r}")
+
+
+def _rfc3339(value: dt.datetime | dt.date | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):  # a bare date means its midnight, UTC
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:  # the server reads naive datetimes as UTC; so do we
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat()
+
+
+def _to_edge_range(rng: Any) -> Any:
+    if isinstance(rng, models.DatetimeRange):
+        return qe.RangeDateTime(gte=_rfc3339(rng.gte), gt=_rfc3339(rng.gt), lte=_rfc3339(rng.lte), lt=_rfc3339(rng.lt))
+    if isinstance(rng, models.Range):
+        return qe.RangeFloat(gte=rng.gte, gt=rng.gt, lte=rng.lte, lt=rng.lt)
+    raise TypeError(f"unsupported range for qdrant-edge: {rng!r}")
+
+
+def _geo_point(point: models.GeoPoint) -> Any:
+    return qe.GeoPoint(lon=point.lon, lat=point.lat)
+
+
+def _to_edge_field_condition(cond: models.FieldCondition) -> Any:
+    kwargs: dict[str, Any] = {}
+    if cond.match is not None:
+        kwargs["match"] = _to_edge_match(cond.match)
+    if cond.range is not None:
+        kwargs["range"] = _to_edge_range(cond.range)
+    if cond.values_count is not None:
+        vc = cond.values_count
+        kwargs["values_count"] = qe.ValuesCount(lt=vc.lt, gt=vc.gt, lte=vc.lte, gte=vc.gte)
+    if cond.geo_bounding_box is not None:
+        box = cond.geo_bounding_box
+        kwargs["geo_bounding_box"] = qe.GeoBoundingBox(_geo_point(box.top_left), _geo_point(box.bottom_right))
+    if cond.geo_radius is not None:
+        kwargs["geo_radius"] = qe.GeoRadius(_geo_point(cond.geo_radius.center), cond.geo_radius.radius)
+    if cond.geo_polygon is not None:
+        poly = cond.geo_polygon
+        kwargs["geo_polygon"] = qe.GeoPolygon(
+            [_geo_point(p) for p in poly.exterior.points],
+            [[_geo_point(p) for p in ring.points] for ring in poly.interiors] if poly.interiors else None,
+        )
+    if getattr(cond, "is_empty", None) is not None:
+        kwargs["is_empty"] = cond.is_empty
+    if getattr(cond, "is_null", None) is not None:
+        kwargs["is_null"] = cond.is_null
+    if not kwargs:
+        raise ValueError(f"field condition on {cond.key!r} has no condition set")
+    return qe.FieldCondition(key=cond.key, **kwargs)
+
+
+def to_edge_condition(cond: Any) -> Any:
+    """One qdrant-client condition -> its qdrant_edge counterpart."""
+    if isinstance(cond, models.FieldCondition):
+        return _to_edge_field_condition(cond)
+    if isinstance(cond, models.Filter):
+        return to_edge_filter(cond)
+    if isinstance(cond, models.IsEmptyCondition):
+        return qe.IsEmptyCondition(cond.is_empty.key)
+    if isinstance(cond, models.IsNullCondition):
+        return qe.IsNullCondition(cond.is_null.key)
+    if isinstance(cond, models.HasIdCondition):
+        return qe.HasIdCondition({_id_in(i) for i in cond.has_id})
+    if isinstance(cond, models.HasVectorCondition):
+        return qe.HasVectorCondition(cond.has_vector)
+    if isinstance(cond, models.NestedCondition):
+        return qe.NestedCondition(cond.nested.key, to_edge_filter(cond.nested.filter))
+    raise TypeError(f"unsupported filter condition for qdrant-edge: {cond!r}")
+
+
+def _condition_list(conds: Any) -> list[Any] | None:
+    if conds is None:
+        return None
+    if not isinstance(conds, list):  # qdrant-client accepts a single condition too
+        conds = [conds]
+    return [to_edge_condition(c) for c in conds]
+
+
+def to_edge_filter(flt: models.Filter | None) -> Any:
+    """qdrant-client Filter -> qdrant_edge.Filter (None stays None).
+
+    Raises ValueError for boolean MatchValue/MatchAny/MatchExcept: qdrant-edge
+    0.9 would silently match nothing.
+    """
+    if flt is None:
+        return None
+    min_should = None
+    if flt.min_should is not None:
+        min_should = qe.MinShould(
+            [to_edge_condition(c) for c in flt.min_should.conditions], flt.min_should.min_count
+        )
+    return qe.Filter(
+        must=_condition_list(flt.must),
+        should=_condition_list(flt.should),
+        must_not=_condition_list(flt.must_not),
+        min_should=min_should,
+    )
+
+
+def _named_vectors(point: models.PointStruct) -> dict[str, list[float]]:
+    vector = point.vector
+    if not isinstance(vector, dict):
+        raise ValueError(
+            f"point {point.id!r}: mmrag collections use named vectors {VECTOR_NAMES}; pass a dict, got {type(vector).__name__}"
+        )
+    # PointStruct has already validated these as lists of floats
+    return {name: values if isinstance(values, list) else list(values) for name, values in vector.items()}
+
+
+def to_edge_point(point: models.PointStruct) -> Any:
+    """PointStruct -> qdrant_edge.Point; a point may carry only some of the named vectors."""
+    return qe.Point(_id_in(point.id), _named_vectors(point), dict(point.payload or {}))
+
+
+def _with_vectors(value: bool | Sequence[str]) -> bool | list[str]:
+    return value if isinstance(value, bool) else list(value)
+
+
+def _with_payload(value: bool | Sequence[str]) -> bool | list[str]:
+    return value if isinstance(value, bool) else list(value)
+
+
+# ---------------------------------------------------------------------------
+# qdrant_edge -> qdrant-client models
+# ---------------------------------------------------------------------------
+
+
+def _vector_out(vector: Any) -> Any:
+    if vector is None:
+        return None
+    if isinstance(vector, dict):
+        return {name: list(values) for name, values in vector.items()}
+    return list(vector)
+
+
+def to_record(record: Any, *, with_payload: bool = True) -> models.Record:
+    payload = record.payload if with_payload else None
+    if with_payload and payload is None:
+        payload = {}
+    return models.Record(id=_id_out(record.id), payload=payload, vector=_vector_out(record.vector))
+
+
+def to_scored_point(point: Any, *, with_payload: bool = True) -> models.ScoredPoint:
+    payload = point.payload if with_payload else None
+    if with_payload and payload is None:
+        payload = {}
+    return models.ScoredPoint(
+        id=_id_out(point.id),
+        version=int(point.version),
+        score=float(point.score),
+        payload=payload,
+        vector=_vector_out(point.vector),
+    )
+
+
+# ---------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------
+
+
+class EdgeStore(ThreadedAsyncMixin):
+    """Embedded qdrant-edge backend (see the module docstring for the on-disk layout).
+
+    One process per shard directory: qdrant-edge locks a shard's WAL, so a second
+    process opening the same collection fails (RuntimeError). Within a process,
+    shards are opened lazily on first use and shared by all threads; opening and
+    closing are serialised by a lock, reads and writes go straight to the shard
+    (qdrant-edge is internally synchronised).
+
+    Search is exact (brute force) by default. HNSW is configured on every shard
+    and built when `optimize()` is called (qdrant-edge runs no background
+    optimizer); `search(..., exact=False, hnsw_ef=...)` then uses it. The HNSW thresholds are
+    in KiB of vector data, as in Qdrant (`full_scan_threshold_kb`: below it a
+    segment is scanned even when exact=False; `indexing_threshold_kb`: segments
+    larger than it get an HNSW index when optimized).
+    """
+
+    backend_name = "edge"
+
+    def __init__(
+        self,
+        home: Path | str,
+        *,
+        max_search_threads: int | None = None,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 100,
+        full_scan_threshold_kb: int = 10_000,
+        indexing_threshold_kb: int | None = None,
+        max_indexing_threads: int = 0,
+    ) -> None:
+        self.home = Path(home)
+        self.max_search_threads = max_search_threads
+        self._hnsw = dict(
+            m=hnsw_m,
+            ef_construct=hnsw_ef_construct,
+            full_scan_threshold=full_scan_threshold_kb,
+            max_indexing_threads=max_indexing_threads,
+        )
+        self._indexing_threshold_kb = indexing_threshold_kb
+        self._lock = threading.RLock()  # guards _shards and meta.json writes
+        self._alias_lock = threading.Lock()
+        self._shards: dict[str, Any] = {}
+        self._alias_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
+        # Directories are made on the first write, so read-only commands leave no trace.
+
+    # --- paths -----------------------------------------------------------------
+    @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    @property
+    def aliases_path(self) -> Path:
+        return self.home / "aliases.json"
+
+    def _collection_dir(self, name: str) -> Path:
+        if not _COLLECTION_NAME.match(name):
+            raise ValueError(
+                f"invalid collection name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit"
+            )
+        return self.collections_dir / name
+
+    def _meta_path(self, name: str) -> Path:
+        return self._collection_dir(name) / "meta.json"
+
+    def _read_meta(self, name: str) -> dict[str, Any] | None:
+        try:
+            with open(self._meta_path(name), encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    # --- shards ------------------------------------------------------------------
+    def _vector_params(self, dim: int) -> dict[str, Any]:
+        return {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in VECTOR_NAMES}
+
+    def _shard(self, name: str) -> Any:
+        """The open shard of collection `name` (an alias is resolved first)."""
+        name = self.resolve(name)
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        with self._lock:
+            shard = self._shards.get(name)
+            if shard is not None:
+                return shard
+            meta = self._read_meta(name)
+            if meta is None:
+                raise ValueError(f"collection {name!r} not found in {self.collections_dir}")
+            config = None
+            if self.max_search_threads is not None:
+                # vectors must be restated whenever a config is given; they are checked against the shard
+                config = qe.EdgeConfig(
+                    vectors=self._vector_params(int(meta["metadata"]["dim"])),
+                    max_search_threads=self.max_search_threads,
+                )
+            shard_dir = self._collection_dir(name) / "shard"
+            try:
+                shard = qe.EdgeShard.load(str(shard_dir), config)
+            except Exception as exc:
+                if "WouldBlock" in str(exc):
+                    raise RuntimeError(
+                        f"collection {name!r} ({shard_dir}) is open in another process; qdrant-edge allows one "
+                        f"process per shard directory. Stop the other mmrag process or use a Qdrant server (QDRANT_URL)."
+                    ) from exc
+                raise
+            self._shards[name] = shard
+            return shard
+
+    def _close_shard(self, name: str) -> None:
+        with self._lock:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()
+
+    # --- collections ---------------------------------------------------------------
+    def list_collections(self) -> list[str]:
+        if not self.collections_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.collections_dir.iterdir()
+            if not entry.name.startswith(".") and (entry / "meta.json").is_file()
+        )
+
+    def collection_exists(self, name: str) -> bool:
+        """True for a collection or an alias that points at one."""
+        return self._meta_path(self.resolve(name)).is_file()
+
+    def create_collection(self, spec: CollectionSpec) -> None:
+        """Create the shard and meta.json in a hidden directory, then rename it into place.
+
+        A crash midway leaves only a hidden `.creating-*` directory, never a half collection.
+        """
+        final_dir = self._collection_dir(spec.name)
+        with self._lock:
+            if final_dir.exists():
+                raise ValueError(f"collection {spec.name!r} already exists")
+            if spec.name in self.get_aliases():
+                raise ValueError(f"{spec.name!r} is an alias; choose another collection name")
+            self.collections_dir.mkdir(parents=True, exist_ok=True)
+            tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
+            try:
+                config = qe.EdgeConfig(
+                    vectors=self._vector_params(spec.dim),
+                    hnsw_config=qe.HnswIndexConfig(**self._hnsw),
+                    optimizers=(
+                        qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
+                        if self._indexing_threshold_kb is not None
+                        else None
+                    ),
+                    max_search_threads=self.max_search_threads,
+                )
+                shard = qe.EdgeShard.create(str(tmp_dir / "shard"), config)
+                try:
+                    for field_name, schema in spec.payload_indexes.items():
+                        shard.update(qe.UpdateOperation.create_field_index(field_name, to_edge_schema(schema)))
+                    shard.flush()
+                finally:
+                    shard.close()
+                write_json_atomic(
+                    tmp_dir / "meta.json",
+                    {
+                        "metadata": spec.to_metadata(),
+                        "payload_indexes": {k: _schema_value(v) for k, v in spec.payload_indexes.items()},
+                        "vectors": {name: spec.dim for name in VECTOR_NAMES},
+                    },
+                )
+                os.rename(tmp_dir, final_dir)
+                _fsync_dir(self.collections_dir)
+            except BaseException:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                raise
+
+    def get_spec(self, name: str) -> CollectionSpec | None:
+        real = self.resolve(name)
+        meta = self._read_meta(real)
+        if meta is None:
+            return None
+        return CollectionSpec.from_metadata(real, meta.get("metadata"))
+
+    def update_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        real = self.resolve(name)
+        with self._lock:
+            meta = self._read_meta(real)
+            if meta is None:
+                raise ValueError(f"collection {real!r} not found")
+            meta["metadata"] = {**meta.get("metadata", {}), **dict(metadata)}
+            write_json_atomic(self._meta_path(real), meta)
+
+    def delete_collection(self, name: str) -> None:
+        """Delete collection `name` (not resolved through aliases) and the aliases pointing at it."""
+        directory = self._collection_dir(name)
+        with self._lock:
+            self._close_shard(name)
+            if directory.exists():
+                # Rename first so a crash mid-delete never leaves a listed, half-deleted collection.
+                doomed = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+                os.rename(directory, doomed)
+                _fsync_dir(self.collections_dir)
+                shutil.rmtree(doomed, ignore_errors=True)
+        with self._alias_write() as aliases:
+            for alias in [a for a, target in aliases.items() if target == name]:
+                del aliases[alias]
+
+    def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None:
+        real = self.resolve(name)
+        shard = self._shard(real)
+        shard.update(qe.UpdateOperation.create_field_index(field, to_edge_schema(schema)))
+        shard.flush()
+        with self._lock:
+            meta = self._read_meta(real)
+            if meta is not None:
+                meta.setdefault("payload_indexes", {})[field] = _schema_value(schema)
+                write_json_atomic(self._meta_path(real), meta)
+
+    # --- aliases -------------------------------------------------------------------
+    def get_aliases(self) -> dict[str, str]:
+        """alias -> collection, re-read whenever aliases.json was replaced (a cheap stat otherwise)."""
+        try:
+            st = os.stat(self.aliases_path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._alias_cache
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
+        try:
+            with open(self.aliases_path, encoding="utf-8") as fh:
+                aliases = {str(k): str(v) for k, v in json.load(fh).items()}
+        except FileNotFoundError:
+            return {}
+        self._alias_cache = (key, aliases)
+        return dict(aliases)
+
+    @contextmanager
+    def _alias_write(self) -> Iterator[dict[str, str]]:
+        """Read-modify-write aliases.json under an in-process and a cross-process lock."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self._alias_lock, open(self.home / "aliases.lock", "a+") as lock_file:
+            if fcntl is not None:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                self._alias_cache = None  # another process may have written since our last stat
+                aliases = self.get_aliases()
+                before = dict(aliases)
+                yield aliases
+                if aliases != before:
+                    write_json_atomic(self.aliases_path, aliases)
+                    self._alias_cache = None
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection`; readers see the old or the new target, never neither."""
+        if not self._meta_path(collection).is_file():
+            raise ValueError(f"cannot point alias {alias!r} at {collection!r}: no such collection")
+        if self._collection_dir(alias).exists():
+            raise ValueError(f"cannot create alias {alias!r}: a collection has that name")
+        with self._alias_write() as aliases:
+            aliases[alias] = collection
+
+    def delete_alias(self, alias: str) -> None:
+        with self._alias_write() as aliases:
+            aliases.pop(alias, None)
+
+    def resolve(self, name: str) -> str:
+        return self.get_aliases().get(name, name)
+
+    # --- points --------------------------------------------------------------------
+    def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
+        if not points:
+            return
+        shard = self._shard(name)
+        shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
+        shard.flush()  # durable when we return (survives kill -9)
+
+    def delete_points(self, name: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._shard(name)
+        shard.update(qe.UpdateOperation.delete_points([_id_in(i) for i in ids]))
+        shard.flush()
+
+    def set_payload(self, name: str, payload: Mapping[str, Any], ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._shard(name)
+        shard.update(qe.UpdateOperation.set_payload([_id_in(i) for i in ids], dict(payload)))
+        shard.flush()
+
+    def retrieve(
+        self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
+    ) -> list[models.Record]:
+        if not ids:
+            return []
+        records = self._shard(name).retrieve([_id_in(i) for i in ids], with_payload, _with_vectors(with_vectors))
+        return [to_record(r, with_payload=bool(with_payload)) for r in records]
+
+    def scroll(
+        self,
+        name: str,
+        *,
+        scroll_filter: models.Filter | None = None,
+        limit: int = 256,
+        offset: Any = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool | Sequence[str] = False,
+    ) -> tuple[list[models.Record], Any]:
+        records, next_offset = self._shard(name).scroll(
+            qe.ScrollRequest(
+                offset=_id_in(offset) if offset is not None else None,
+                limit=limit,
+                filter=to_edge_filter(scroll_filter),
+                with_payload=_with_payload(with_payload),
+                with_vector=_with_vectors(with_vectors),
+            )
+        )
+        wants_payload = with_payload if isinstance(with_payload, bool) else True
+        return [to_record(r, with_payload=wants_payload) for r in records], (
+            _id_out(next_offset) if next_offset is not None else None
+        )
+
+    def count(self, name: str, count_filter: models.Filter | None = None) -> int:
+        return int(self._shard(name).count(qe.CountRequest(exact=True, filter=to_edge_filter(count_filter))))
+
+    # --- search ----------------------------------------------------------------------
+    @staticmethod
+    def _params(exact: bool, hnsw_ef: int | None) -> Any:
+        return qe.SearchParams(exact=True) if exact else qe.SearchParams(hnsw_ef=hnsw_ef, exact=False)
+
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        *,
+        using: str,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        score_threshold: float | None = None,
+        exact: bool = True,
+        hnsw_ef: int | None = None,
+        with_payload: bool = True,
+        with_vectors: bool | Sequence[str] = False,
+    ) -> list[models.ScoredPoint]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest([float(v) for v in vector], using=using),
+            filter=to_edge_filter(query_filter),
+            score_threshold=score_threshold,
+            params=self._params(exact, hnsw_ef),
+            with_payload=with_payload,
+            with_vector=_with_vectors(with_vectors),
+        )
+        return [to_scored_point(p, with_payload=with_payload) for p in self._shard(name).query(request)]
+
+    def search_fused(
+        self,
+        name: str,
+        vectors: Mapping[str, Sequence[float]],
+        *,
+        limit: int = 10,
+        query_filter: models.Filter | None = None,
+        prefetch_limit: int | None = None,
+        exact: bool = True,
+    ) -> list[models.ScoredPoint]:
+        """One query: a prefetch per named vector, fused by RRF (k=2, like the Qdrant server)."""
+        edge_filter = to_edge_filter(query_filter)
+        per_vector = prefetch_limit if prefetch_limit is not None else default_prefetch_limit(limit)
+        prefetches = [
+            qe.Prefetch(
+                limit=per_vector,
+                query=qe.Query.Nearest([float(v) for v in vec], using=vector_name),
+                params=self._params(exact, None),
+                filter=edge_filter,
+            )
+            for vector_name, vec in vectors.items()
+        ]
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Fusion.Rrf(k=RRF_K),
+            prefetches=prefetches,
+            filter=edge_filter,
+            with_payload=True,
+        )
+        return [to_scored_point(p) for p in self._shard(name).query(request)]
+
+    def optimize(self, name: str) -> None:
+        """Merge segments and build the HNSW index now, blocking until done.
+
+        qdrant-edge holds the GIL while it builds HNSW, so other Python threads of
+        this process stall meanwhile: run it after ingestion, not during serving.
+        """
+        self._shard(name).optimize()
+
+    def shard_info(self, name: str) -> dict[str, int]:
+        """Segment/point/indexed-vector counts of the shard (diagnostics)."""
+        info = self._shard(name).info()
+        return {
+            "segments_count": int(info.segments_count),
+            "points_count": int(info.points_count),
+            "indexed_vectors_count": int(info.indexed_vectors_count),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            for name in list(self._shards):
+                self._close_shard(name)
+
+    def __enter__(self) -> "EdgeStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def default_prefetch_limit(limit: int) -> int:
+    """Candidates fetched per named vector before fusion when the caller does not say."""
+    return max(limit * 3, 10)
+
+
+def _schema_value(schema: models.PayloadSchemaType | str) -> str:
+    return schema.value if isinstance(schema, models.PayloadSchemaType) else str(schema).lower()
