@@ -1,0 +1,245 @@
+"""transformers adapter for CLIP (`CLIPModel`) and Chinese-CLIP (`ChineseCLIPModel`)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmrag.embedders.base import ModelInfo
+from mmrag.embedders.device import pick_device
+
+# Tokenizers saved without a limit report a huge sentinel as model_max_length.
+_UNSET_MAX_LENGTH = 10_000
+CHINESE_CLIP_TEXT_LENGTH = 52  # the context length Chinese-CLIP was trained with
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings for a moment.
+
+    Without torchvision, transformers advises installing it when it falls back to the
+    PIL image processors; this project must not install torchvision, so the advice is
+    noise. Errors still show.
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def projected_features(output: Any) -> torch.Tensor:
+    """The projected embedding from `get_image_features` / `get_text_features`.
+
+    transformers < 5 returns the tensor itself; 5.x returns a model output whose
+    `pooler_output` holds the projected vector.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    raise TypeError(f"cannot find projected features in {type(output).__name__}: no tensor and no pooler_output")
+
+
+def l2_normalize(features: torch.Tensor) -> np.ndarray:
+    """float32 rows of unit length (computed in float32 even for fp16 models)."""
+    feats = features.float()
+    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def ensure_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of an image; transparency is composited onto white.
+
+    This matches transformers' PIL-backend `convert_rgb`. Used for processors that do
+    not convert to RGB themselves.
+    """
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _model_classes(backend: str):
+    from transformers import ChineseCLIPModel, CLIPModel
+
+    if backend == "hf-clip":
+        return CLIPModel
+    if backend == "hf-chinese-clip":
+        return ChineseCLIPModel
+    raise ValueError(f"HFClipEmbedder cannot load backend {backend!r}")
+
+
+def _backend_of(source: str) -> str:
+    from transformers import AutoConfig
+
+    from mmrag.embedders.registry import backend_from_config
+
+    config = AutoConfig.from_pretrained(source)
+    return backend_from_config(config.to_dict(), source)
+
+
+class HFClipEmbedder:
+    """`Embedder` over a transformers CLIP / Chinese-CLIP checkpoint (hub id or directory)."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        model_id: str | None = None,
+        backend: str | None = None,
+        device: str = "auto",
+        quantize: str | None = None,
+        fast_preprocess: bool = False,
+        batch_size: int = 32,
+        text_batch_size: int = 128,
+    ) -> None:
+        from transformers import AutoProcessor
+
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unsupported quantize={quantize!r}: expected None or 'int8'")
+        if batch_size < 1 or text_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        self.device = pick_device(device)
+        if quantize == "int8" and self.device != "cpu":
+            raise ValueError(
+                f"quantize='int8' (dynamic int8 Linear layers) runs on CPU only, but device is {self.device!r}; "
+                "use device='cpu' or drop quantize (GPUs already run in fp16)"
+            )
+        backend = backend or _backend_of(source)
+        model_cls = _model_classes(backend)
+
+        model = model_cls.from_pretrained(source)
+        model.eval()
+        if quantize == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            with warnings.catch_warnings():  # torch flags its quantized tensor API as deprecated
+                warnings.simplefilter("ignore")
+                model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # read before any fp16 cast, which would round the temperature
+        self._logit_scale = float(model.logit_scale.detach().float().exp().item())
+        self.dtype = torch.float16 if self.device != "cpu" else torch.float32
+        if self.device != "cpu":
+            model = model.to(device=self.device, dtype=self.dtype)
+        self.model = model
+
+        with quiet_transformers():
+            processor = AutoProcessor.from_pretrained(source)
+        self.image_processor = processor.image_processor
+        self._processor_converts_rgb = bool(getattr(self.image_processor, "do_convert_rgb", False))
+        self.tokenizer = processor.tokenizer
+        self.batch_size = batch_size
+        self.text_batch_size = text_batch_size
+
+        config = model.config
+        text_positions = int(config.text_config.max_position_embeddings)
+        limit = int(self.tokenizer.model_max_length)
+        if limit >= _UNSET_MAX_LENGTH:
+            limit = CHINESE_CLIP_TEXT_LENGTH if backend == "hf-chinese-clip" else text_positions
+        self.max_text_length = min(limit, text_positions)
+        self._uses_token_types = backend == "hf-chinese-clip"
+
+        image_size = int(config.vision_config.image_size)
+        extra: dict[str, Any] = {
+            "preprocess": "fast" if fast_preprocess else "exact",
+            "max_text_length": self.max_text_length,
+            "dtype": "float16" if self.dtype == torch.float16 else "float32",
+        }
+        if fast_preprocess:
+            extra["draft_size"] = image_size
+        self.info = ModelInfo(
+            model_id=model_id or source,
+            dim=int(config.projection_dim),
+            backend=backend,
+            image_size=image_size,
+            language="zh" if backend == "hf-chinese-clip" else "en",
+            quantization=quantize,
+            extra=extra,
+        )
+
+    # -- Embedder protocol ---------------------------------------------------
+
+    @property
+    def logit_scale(self) -> float:
+        return self._logit_scale
+
+    @property
+    def draft_size(self) -> int | None:
+        """Side to request from JPEG draft decoding when fast preprocessing is on, else None."""
+        return self.info.extra.get("draft_size")
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        # The model's own image processor, one image at a time: exact by construction,
+        # and it keeps no state between calls, so decode threads may share it. Non-RGB
+        # input is left to the processor's own conversion (its backends differ on alpha)
+        # unless the processor was configured not to convert.
+        if image.mode != "RGB" and not self._processor_converts_rgb:
+            image = ensure_rgb(image)
+        batch = self.image_processor(images=image, return_tensors="np")
+        return np.asarray(batch["pixel_values"][0], dtype=np.float32)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4:
+            raise ValueError(f"expected (N, C, H, W) pixels, got shape {pixels.shape}")
+        if len(pixels) == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), self.batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.batch_size]))
+                chunk = chunk.to(device=self.device, dtype=self.dtype)
+                out.append(l2_normalize(projected_features(self.model.get_image_features(pixel_values=chunk))))
+        return np.concatenate(out, axis=0)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            out.append(self.embed_pixels(np.stack([self.preprocess(im) for im in chunk])))
+        return np.concatenate(out, axis=0)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenizer output for one batch: padded to its longest text, truncated to the model limit."""
+        enc = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_length,
+            return_tensors="pt",
+        )
+        keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._uses_token_types else [])
+        return {k: enc[k].to(self.device) for k in keys if k in enc}
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a sequence of strings, not a single string")
+        if len(texts) == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.text_batch_size):
+                enc = self.tokenize(texts[start : start + self.text_batch_size])
+                out.append(l2_normalize(projected_features(self.model.get_text_features(**enc))))
+        return np.concatenate(out, axis=0)
+
+    def __repr__(self) -> str:
+        return f"HFClipEmbedder({self.info.model_id!r}, device={self.device!r}, dim={self.info.dim})"

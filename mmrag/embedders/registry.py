@@ -1,0 +1,206 @@
+"""Friendly model names, name resolution, and the one loading entry point.
+
+Accepted names (see `resolve_model`):
+  * a registry name, e.g. "clip-vit-b32" (see `list_models()`),
+  * "hf-hub:ORG/NAME" or a bare "ORG/NAME" (Hugging Face hub id),
+  * "local-dir:/path" or a bare path to an existing directory (a saved checkpoint),
+  * "cn_clip:ViT-B-16" (the `cn_clip` package backend).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mmrag.embedders.base import Embedder
+
+Backend = Literal["hf-clip", "hf-chinese-clip", "cn_clip"]
+Location = Literal["hub", "local", "cn_clip"]
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+CN_CLIP_PREFIX = "cn_clip:"
+
+DEFAULT_MODEL = "clip-vit-b32"
+
+# Names the cn_clip package can load (its own checkpoint zoo).
+CN_CLIP_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
+
+_MODEL_TYPE_TO_BACKEND: dict[str, Backend] = {"clip": "hf-clip", "chinese_clip": "hf-chinese-clip"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and which adapter loads it."""
+
+    name: str  # the registry name, or the string the user gave
+    backend: Backend
+    source: str  # what the backend loads: HF id, absolute directory, or cn_clip model name
+    language: str = "en"
+    location: Location = "hub"
+
+    @property
+    def model_id(self) -> str:
+        """Canonical id recorded in collections."""
+        if self.location == "local":
+            return LOCAL_DIR_PREFIX + self.source
+        if self.location == "cn_clip":
+            return CN_CLIP_PREFIX + self.source
+        return self.source
+
+
+def _hub(name: str, repo_id: str, backend: Backend) -> ModelSpec:
+    return ModelSpec(name, backend, repo_id, "zh" if backend != "hf-clip" else "en", "hub")
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _hub("clip-vit-b32", "openai/clip-vit-base-patch32", "hf-clip"),
+        _hub("clip-vit-b16", "openai/clip-vit-base-patch16", "hf-clip"),
+        _hub("clip-vit-l14", "openai/clip-vit-large-patch14", "hf-clip"),
+        _hub("clip-vit-l14-336", "openai/clip-vit-large-patch14-336", "hf-clip"),
+        _hub("chinese-clip-vit-b16", "OFA-Sys/chinese-clip-vit-base-patch16", "hf-chinese-clip"),
+        _hub("chinese-clip-vit-l14", "OFA-Sys/chinese-clip-vit-large-patch14", "hf-chinese-clip"),
+        _hub("chinese-clip-vit-l14-336", "OFA-Sys/chinese-clip-vit-large-patch14-336px", "hf-chinese-clip"),
+        _hub("chinese-clip-vit-h14", "OFA-Sys/chinese-clip-vit-huge-patch14", "hf-chinese-clip"),
+        # RN50 has no transformers port: only the cn_clip package can run it.
+        ModelSpec("chinese-clip-rn50", "cn_clip", "RN50", "zh", "cn_clip"),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """Registered friendly names, default first."""
+    return [DEFAULT_MODEL] + sorted(n for n in MODELS if n != DEFAULT_MODEL)
+
+
+def _language(backend: Backend) -> str:
+    return "en" if backend == "hf-clip" else "zh"
+
+
+def backend_from_config(config: dict, where: str) -> Backend:
+    model_type = config.get("model_type")
+    try:
+        return _MODEL_TYPE_TO_BACKEND[model_type]
+    except KeyError:
+        raise ValueError(
+            f"{where}: unsupported model_type {model_type!r}; expected one of "
+            f"{sorted(_MODEL_TYPE_TO_BACKEND)}"
+        ) from None
+
+
+def _local_spec(given: str, path: str) -> ModelSpec:
+    directory = Path(path).expanduser().resolve()
+    if not directory.is_dir():
+        raise ValueError(f"model {given!r}: directory {directory} does not exist")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"model {given!r}: {directory} has no config.json (not a saved transformers model)")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    backend = backend_from_config(config, str(config_file))
+    return ModelSpec(given, backend, str(directory), _language(backend), "local")
+
+
+def _cached_hub_config(repo_id: str) -> dict | None:
+    """config.json of a hub model if it is already in the local HF cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # malformed ids etc.: fall back to the name
+        return None
+    if isinstance(cached, str) and os.path.isfile(cached):
+        with open(cached, encoding="utf-8") as fh:
+            return json.load(fh)
+    return None
+
+
+def _hub_spec(given: str, repo_id: str) -> ModelSpec:
+    if not _HUB_ID.match(repo_id):
+        raise ValueError(f"model {given!r}: {repo_id!r} is not a hub id of the form ORG/NAME")
+    for spec in MODELS.values():  # a registered model given by its hub id keeps its metadata
+        if spec.location == "hub" and spec.source == repo_id:
+            return ModelSpec(given, spec.backend, repo_id, spec.language, "hub")
+    config = _cached_hub_config(repo_id)
+    if config is not None:
+        backend = backend_from_config(config, f"cached config of {repo_id}")
+    else:
+        lowered = repo_id.lower()
+        backend = "hf-chinese-clip" if ("chinese-clip" in lowered or "chinese_clip" in lowered) else "hf-clip"
+    return ModelSpec(given, backend, repo_id, _language(backend), "hub")
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn any accepted model name into a `ModelSpec` (see the module docstring).
+
+    Raises ValueError for unknown names, listing the registered ones.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"empty model name; registered models: {', '.join(list_models())}")
+    name = name.strip()
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(HF_HUB_PREFIX):
+        return _hub_spec(name, name[len(HF_HUB_PREFIX):])
+    if name.startswith(LOCAL_DIR_PREFIX):
+        return _local_spec(name, name[len(LOCAL_DIR_PREFIX):])
+    if name.startswith(CN_CLIP_PREFIX):
+        model = name[len(CN_CLIP_PREFIX):]
+        if model not in CN_CLIP_MODELS:
+            raise ValueError(f"unknown cn_clip model {model!r}; cn_clip provides: {', '.join(CN_CLIP_MODELS)}")
+        return ModelSpec(name, "cn_clip", model, "zh", "cn_clip")
+    if os.path.isdir(os.path.expanduser(name)):
+        return _local_spec(name, name)
+    if _HUB_ID.match(name):
+        return _hub_spec(name, name)
+    raise ValueError(
+        f"unknown model {name!r}: not a registered name, an existing directory, a hub id (ORG/NAME), "
+        f"'hf-hub:ORG/NAME', 'local-dir:/path' or 'cn_clip:NAME'. "
+        f"Registered models: {', '.join(list_models())}"
+    )
+
+
+def load_embedder(
+    name: str | ModelSpec,
+    *,
+    device: str = "auto",
+    quantize: str | None = None,
+    fast_preprocess: bool = False,
+    batch_size: int = 32,
+    text_batch_size: int = 128,
+) -> Embedder:
+    """Resolve `name` and build the matching embedder. The one entry point to use."""
+    spec = name if isinstance(name, ModelSpec) else resolve_model(name)
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unsupported quantize={quantize!r}: expected None or 'int8'")
+    if spec.backend == "cn_clip":
+        from mmrag.embedders.cnclip import CnClipEmbedder
+
+        return CnClipEmbedder(
+            spec.source,
+            device=device,
+            quantize=quantize,
+            fast_preprocess=fast_preprocess,
+            batch_size=batch_size,
+            text_batch_size=text_batch_size,
+        )
+    from mmrag.embedders.hf import HFClipEmbedder
+
+    return HFClipEmbedder(
+        spec.source,
+        model_id=spec.model_id,
+        backend=spec.backend,
+        device=device,
+        quantize=quantize,
+        fast_preprocess=fast_preprocess,
+        batch_size=batch_size,
+        text_batch_size=text_batch_size,
+    )
