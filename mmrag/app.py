@@ -1,0 +1,57 @@
+"""Wiring: builds the store and embedder from settings, in one place.
+
+The CLI, pipelines and examples go through here; library code receives its
+collaborators as arguments, so tests pass real tiny models or fakes directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import Settings, get_settings
+
+
+@dataclass
+class App:
+    settings: Settings = field(default_factory=get_settings)
+    _store: Any = None
+    _embedders: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from .store import open_store
+            from .store.retry import RetryingStore, RetryPolicy
+
+            store = open_store(self.settings)
+            if self.settings.qdrant_url and self.settings.qdrant_url != ":memory:":
+                # Only a remote server has transient failures worth retrying.
+                store = RetryingStore(store, RetryPolicy.from_settings(self.settings))
+            self._store = store
+        return self._store
+
+    def collection_model(self, collection: str) -> str | None:
+        """The model id recorded in an existing collection, if any."""
+        store = self.store
+        spec = store.get_spec(store.resolve(collection))
+        return spec.model_id if spec else None
+
+    def embedder(self, model: str | None = None, *, collection: str | None = None) -> Any:
+        """Load (once per process) the model: explicit > the collection's own > settings default."""
+        name = model or (self.collection_model(collection) if collection else None) or self.settings.model
+        if name not in self._embedders:
+            from .embedders import load_embedder
+
+            self._embedders[name] = load_embedder(
+                name,
+                device=self.settings.device,
+                quantize=self.settings.quantize,
+                fast_preprocess=self.settings.fast_preprocess,
+            )
+        return self._embedders[name]
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -1,0 +1,367 @@
+"""Ingestion: corpus reader → decode pool → embedder → store writer.
+
+One job per stage, wired here. Collaborators (store, embedder) are passed in, so
+tests use the real ones on tiny models or fakes where that is clearer.
+
+Incremental by design: the store is the source of truth for what is indexed.
+A file whose size+mtime (then sha256) and caption/metadata match its stored
+point is never decoded or embedded again; point ids are uuid5 of the
+corpus-relative path, so a re-run after Ctrl-C or kill -9 overwrites rather
+than duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .corpus import decode_stream, iter_corpus
+from .corpus.types import CorpusItem, DecodedImage, SkippedFile
+from .embedders.base import Embedder
+from .store.base import VectorStore
+from .store.convert import build_payload, build_point, payload_metadata, point_id
+from .store.schema import PAYLOAD_FIELDS, CollectionSpec, check_compatible
+
+log = logging.getLogger(__name__)
+
+# Payload keys written by ingestion or tagging; everything else on a point came from a manifest.
+_INGEST_OWNED = frozenset(PAYLOAD_FIELDS) | {"tag_scores"}
+
+
+@dataclass
+class IngestOptions:
+    batch_size: int = 32
+    text_batch_size: int = 128
+    write_batch_size: int = 256
+    workers: int = 0
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_image_pixels: int = 89_478_485
+    draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
+
+    @classmethod
+    def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> "IngestOptions":
+        draft = None
+        if getattr(settings, "fast_preprocess", False) and embedder is not None:
+            draft = embedder.info.image_size
+        return cls(
+            batch_size=settings.batch_size,
+            text_batch_size=settings.text_batch_size,
+            write_batch_size=settings.write_batch_size,
+            workers=settings.workers,
+            max_file_bytes=settings.max_file_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            draft_size=draft,
+        )
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    model_id: str
+    indexed: int = 0  # new points
+    updated: int = 0  # changed files re-embedded in place
+    unchanged: int = 0
+    pruned: int = 0
+    captions: int = 0  # text vectors written
+    failed: list[SkippedFile] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    error: str | None = None  # a run-level failure (not a per-file one)
+
+    @property
+    def embedded(self) -> int:
+        return self.indexed + self.updated
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "model_id": self.model_id,
+            "indexed": self.indexed,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "pruned": self.pruned,
+            "captions": self.captions,
+            "failed": [{"path": f.rel_path, "reason": f.reason} for f in self.failed],
+            "failed_count": len(self.failed),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "ok": self.ok,
+            "error": self.error,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"collection {self.collection}  (model {self.model_id})",
+            f"  indexed   {self.indexed}",
+            f"  updated   {self.updated}",
+            f"  unchanged {self.unchanged}",
+            f"  failed    {len(self.failed)}",
+            f"  pruned    {self.pruned}",
+            f"  elapsed   {self.elapsed_s:.2f} s ({self.images_per_s:.1f} images/s)",
+        ]
+        for f in self.failed:
+            lines.append(f"    ! {f.rel_path}: {f.reason}")
+        if self.error:
+            lines.append(f"  ERROR: {self.error}")
+        return "\n".join(lines)
+
+
+def ensure_collection(store: VectorStore, embedder: Embedder, collection: str) -> str:
+    """Create the collection for this model, or check that the existing one matches.
+
+    Returns the physical collection name (an alias is resolved).
+    """
+    target = store.resolve(collection)
+    info = embedder.info
+    wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization)
+    existing = store.get_spec(target)
+    if existing is None:
+        store.create_collection(wanted)
+    else:
+        check_compatible(existing, wanted)
+    return target
+
+
+def load_state(store: VectorStore, collection: str, page: int = 1024) -> dict[str, dict[str, Any]]:
+    """point id -> stored payload, for every point (no vectors: cheap)."""
+    state: dict[str, dict[str, Any]] = {}
+    offset = None
+    while True:
+        records, offset = store.scroll(collection, limit=page, offset=offset, with_payload=True, with_vectors=False)
+        for r in records:
+            state[str(r.id)] = dict(r.payload or {})
+        if offset is None:
+            return state
+
+
+class _Writer:
+    """Batched store writes on one background thread, so upserts overlap model compute.
+
+    At most two batches are in flight: memory stays bounded however large the corpus.
+    """
+
+    def __init__(self, store: VectorStore, collection: str, batch: int):
+        self.store, self.collection, self.batch = store, collection, batch
+        self.buffer: list[Any] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmrag-writer")
+        self.pending: list[Future] = []
+
+    def add(self, points: Sequence[Any]) -> None:
+        self.buffer.extend(points)
+        while len(self.buffer) >= self.batch:
+            self._submit(self.buffer[: self.batch])
+            self.buffer = self.buffer[self.batch :]
+
+    def _submit(self, points: list[Any]) -> None:
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()  # re-raises a store failure in the main thread
+        self.pending.append(self.pool.submit(self.store.upsert, self.collection, points))
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._submit(self.buffer)
+            self.buffer = []
+        while self.pending:
+            self.pending.pop(0).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def run_ingest(
+    store: VectorStore,
+    embedder: Embedder,
+    *,
+    root: Path | None,
+    collection: str,
+    manifest: Path | None = None,
+    prune: bool = False,
+    options: IngestOptions | None = None,
+    progress: bool = True,
+    tag_labels: Sequence[str] | None = None,
+    include_unlisted: bool = False,
+    tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
+) -> IngestReport:
+    """Index a folder and/or manifest into `collection`. Per-file problems never stop the run.
+
+    `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
+    payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
+    """
+    opts = options or IngestOptions()
+    info = embedder.info
+    t0 = time.perf_counter()
+    report = IngestReport(collection=collection, model_id=info.model_id)
+
+    target = ensure_collection(store, embedder, collection)
+    report.collection = target
+    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    if corpus_root is not None:
+        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
+        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+    if tagger is None and tag_labels:
+        from .tagging import make_ingest_tagger
+
+        tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
+
+    state = load_state(store, target)
+    seen: set[str] = set()
+    todo: list[CorpusItem] = []
+    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted):
+        if isinstance(entry, SkippedFile):
+            report.failed.append(entry)
+            seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point
+            continue
+        pid = point_id(entry.rel_path)
+        seen.add(pid)
+        old = state.get(pid)
+        if old is not None and _unchanged_by_stat(entry, old):
+            report.unchanged += 1
+        else:
+            todo.append(entry)
+
+    writer = _Writer(store, target, opts.write_batch_size)
+    bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
+    try:
+        stream = decode_stream(
+            todo,
+            workers=opts.workers,
+            max_file_bytes=opts.max_file_bytes,
+            max_image_pixels=opts.max_image_pixels,
+            preprocess=embedder.preprocess,
+            draft_size=opts.draft_size,
+        )
+        for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar):
+            points = _embed_batch(batch, embedder, opts, state, tagger, report)
+            writer.add(points)
+            bar.update(len(batch))
+        writer.flush()
+        if prune:
+            stale = [pid for pid in state if pid not in seen]
+            for i in range(0, len(stale), opts.write_batch_size):
+                store.delete_points(target, stale[i : i + opts.write_batch_size])
+            report.pruned = len(stale)
+    except KeyboardInterrupt:
+        # Keep what is already embedded: the next run resumes from there.
+        try:
+            writer.flush()
+        finally:
+            raise
+    finally:
+        bar.close()
+        writer.close()
+        report.elapsed_s = time.perf_counter() - t0
+    return report
+
+
+# qdrant-edge 0.9 may return a float payload one ulp off (≈2e-7 s for today's epoch
+# seconds); a microsecond tolerance keeps the stat check exact in practice.
+_MTIME_TOLERANCE_S = 1e-6
+
+
+def _unchanged_by_stat(item: CorpusItem, old: dict[str, Any]) -> bool:
+    mtime = old.get("mtime")
+    return (
+        old.get("file_size") == item.file_size
+        and isinstance(mtime, (int, float))
+        and abs(mtime - item.mtime) <= _MTIME_TOLERANCE_S
+        and old.get("caption") == item.caption
+        and _same_metadata(item, old)
+    )
+
+
+def _same_metadata(item: CorpusItem, old: dict[str, Any]) -> bool:
+    """Manifest metadata unchanged? (Compared as stored: the store's JSON-safe form.)"""
+    stored = {k: v for k, v in old.items() if k not in _INGEST_OWNED}
+    return stored == payload_metadata(item.metadata)
+
+
+def _batched_decoded(
+    stream: Iterator[DecodedImage | SkippedFile],
+    size: int,
+    report: IngestReport,
+    state: dict[str, dict[str, Any]],
+    store: VectorStore,
+    collection: str,
+    bar: tqdm,
+) -> Iterator[list[DecodedImage]]:
+    batch: list[DecodedImage] = []
+    for result in stream:
+        if isinstance(result, SkippedFile):
+            report.failed.append(result)
+            bar.update(1)
+            continue
+        old = state.get(point_id(result.item.rel_path))
+        if old is not None and old.get("sha256") == result.sha256 and old.get("caption") == result.item.caption and _same_metadata(result.item, old):
+            # Touched but identical content: refresh the stat fields only, no embedding.
+            store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [point_id(result.item.rel_path)])
+            report.unchanged += 1
+            bar.update(1)
+            continue
+        batch.append(result)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _embed_batch(
+    batch: list[DecodedImage],
+    embedder: Embedder,
+    opts: IngestOptions,
+    state: dict[str, dict[str, Any]],
+    tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
+    report: IngestReport,
+) -> list[Any]:
+    pixels = np.stack([d.pixels for d in batch])
+    image_vecs = embedder.embed_pixels(pixels)
+
+    captioned = [i for i, d in enumerate(batch) if d.item.caption]
+    text_vecs: dict[int, np.ndarray] = {}
+    for start in range(0, len(captioned), opts.text_batch_size):
+        idx = captioned[start : start + opts.text_batch_size]
+        vecs = embedder.embed_texts([batch[i].item.caption for i in idx])  # type: ignore[misc]
+        text_vecs.update(zip(idx, vecs))
+    report.captions += len(captioned)
+
+    extra = tagger(image_vecs) if tagger is not None else [{} for _ in batch]
+    now = datetime.now(timezone.utc)
+    points = []
+    for i, d in enumerate(batch):
+        item = d.item
+        metadata = {**item.metadata, **extra[i]}
+        payload = build_payload(
+            rel_path=item.rel_path,
+            caption=item.caption,
+            sha256=d.sha256,
+            width=d.width,
+            height=d.height,
+            format=d.format,
+            file_size=item.file_size,
+            mtime=item.mtime,
+            model_id=embedder.info.model_id,
+            ingested_at=now,
+            metadata=metadata,
+        )
+        points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload))
+        if point_id(item.rel_path) in state:
+            report.updated += 1
+        else:
+            report.indexed += 1
+    return points

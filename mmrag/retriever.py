@@ -1,0 +1,252 @@
+"""Cross-modal retrieval served through LangChain's own interfaces.
+
+`MultimodalRetriever` (a `BaseRetriever`) embeds a text or image query and
+searches one named vector (`image` or `text`) or both, fused with reciprocal
+rank fusion. `MultimodalEmbeddings` (an `Embeddings`) lets the stock
+`langchain_qdrant.QdrantVectorStore` work on mmrag collections too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union
+
+import numpy as np
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from PIL import Image
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from .store.convert import document_from_point
+from .store.filters import filter_from_dict, merge_filters
+from .store.schema import IMAGE_VECTOR, TEXT_VECTOR
+
+ImageQuery = Union[Image.Image, bytes, Path]
+Query = Union[str, ImageQuery]
+Target = Literal["image", "text", "fused"]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def is_image_query(query: Any) -> bool:
+    """Text unless it is an image object, bytes, a Path, a data URI or an existing image file path."""
+    if isinstance(query, (Image.Image, bytes, bytearray, Path)):
+        return True
+    if isinstance(query, str):
+        if query.startswith("data:image/"):
+            return True
+        if len(query) < 4096 and Path(query).suffix.lower() in _IMAGE_SUFFIXES:
+            try:
+                return Path(query).is_file()
+            except OSError:
+                return False
+    return False
+
+
+def load_query_image(query: ImageQuery | str) -> Image.Image:
+    """An RGB PIL image from a path, PIL image, raw bytes or `data:image/...;base64,` URI.
+
+    Decoded with the same rules as ingestion (EXIF orientation, 16-bit, alpha, ...),
+    so a stored file used as a query finds itself with cosine 1.
+    """
+    from .corpus.decode import load_rgb, to_rgb
+
+    if isinstance(query, Image.Image):
+        return to_rgb(query)
+    if isinstance(query, (bytes, bytearray)):
+        return load_rgb(bytes(query))
+    if isinstance(query, str) and query.startswith("data:image/"):
+        header, _, encoded = query.partition(",")
+        if ";base64" not in header:
+            raise ValueError("image data URIs must be base64-encoded: data:image/<type>;base64,<data>")
+        return load_rgb(base64.b64decode(encoded))
+    return load_rgb(Path(query))
+
+
+class MultimodalRetriever(BaseRetriever):
+    """Top-k hits from an mmrag collection as Documents.
+
+    Modes: a text query against `target="image"` is text→image, against
+    `"text"` text→caption; an image query gives image→image / image→caption;
+    `"fused"` searches both vectors and merges them with RRF (one Document per image).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    store: Any = Field(description="a mmrag.store.VectorStore")
+    embedder: Any = Field(description="a mmrag.embedders.Embedder")
+    collection: str = "mmrag"
+    k: int = 4
+    target: Target = IMAGE_VECTOR
+    score_threshold: float | None = None
+    filter: dict[str, Any] | None = None
+    include_image: Literal["path", "data_uri"] | None = None
+    corpus_root: Path | None = None
+    exact: bool = True
+    hnsw_ef: int | None = None
+    query_type: Literal["auto", "text", "image"] = "auto"
+
+    _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
+
+    # --- query embedding --------------------------------------------------------------
+    def embed_query(self, query: Query, query_type: str | None = None) -> np.ndarray:
+        kind = query_type or self.query_type
+        if kind == "image" or (kind == "auto" and is_image_query(query)):
+            return self.embedder.embed_images([load_query_image(query)])[0]
+        if not isinstance(query, str):
+            raise TypeError(f"a text query must be a str, got {type(query).__name__}")
+        return self.embedder.embed_texts([query])[0]
+
+    # --- search -------------------------------------------------------------------------
+    def _search_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(kwargs) - {"k", "target", "score_threshold", "filter", "qdrant_filter", "include_image", "query_type"}
+        if unknown:
+            raise TypeError(f"unknown retriever arguments: {sorted(unknown)}")
+        args = {
+            "k": kwargs.get("k", self.k),
+            "target": kwargs.get("target", self.target),
+            "score_threshold": kwargs.get("score_threshold", self.score_threshold),
+            # dict filters (LangChain-style) and ready qdrant Filters (CLI) are AND-ed
+            "filter": merge_filters(
+                filter_from_dict(self.filter), filter_from_dict(kwargs.get("filter")), kwargs.get("qdrant_filter")
+            ),
+            "include_image": kwargs.get("include_image", self.include_image),
+            "query_type": kwargs.get("query_type"),
+        }
+        if args["target"] not in ("image", "text", "fused"):
+            raise ValueError(f"target must be 'image', 'text' or 'fused', not {args['target']!r}")
+        return args
+
+    def _documents(self, points: Sequence[Any], args: dict[str, Any], collection: str) -> list[Document]:
+        root = self._corpus_root(collection) if args["include_image"] else None
+        vector = None if args["target"] == "fused" else args["target"]
+        docs = [
+            document_from_point(p, vector_name=vector, include_image=args["include_image"], corpus_root=root)
+            for p in points
+        ]
+        if args["target"] == "fused":
+            for d in docs:
+                d.metadata["vector"] = "fused"
+        return docs
+
+    def _corpus_root(self, collection: str) -> Path | None:
+        if self.corpus_root is not None:
+            return Path(self.corpus_root)
+        if collection not in self._root_cache:
+            spec = self.store.get_spec(collection)
+            root = (spec.extra or {}).get("corpus_root") if spec else None
+            self._root_cache[collection] = Path(root) if root else None
+        return self._root_cache[collection]
+
+    def _search_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args["target"] == "fused":
+            return {"limit": args["k"], "query_filter": args["filter"], "exact": self.exact}
+        return {
+            "using": args["target"],
+            "limit": args["k"],
+            "query_filter": args["filter"],
+            "score_threshold": args["score_threshold"],
+            "exact": self.exact,
+            "hnsw_ef": self.hnsw_ef,
+        }
+
+    def _fused_threshold(self, points: list[Any], args: dict[str, Any]) -> list[Any]:
+        # RRF scores are ranks, not cosines: a cosine threshold cannot apply to them.
+        if args["score_threshold"] is not None:
+            raise ValueError("score_threshold applies to cosine scores; it is not supported with target='fused'")
+        return points
+
+    def search(self, query: Query, **kwargs: Any) -> list[Document]:
+        """Like `invoke`, but accepts image objects and per-call options directly."""
+        args = self._search_args(kwargs)
+        vec = self.embed_query(query, args["query_type"]).tolist()
+        collection = self.store.resolve(self.collection)
+        if args["target"] == "fused":
+            points = self._fused_threshold(
+                self.store.search_fused(collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)),
+                args,
+            )
+        else:
+            points = self.store.search(collection, vec, **self._search_kwargs(args))
+        return self._documents(points, args, collection)
+
+    async def asearch(self, query: Query, **kwargs: Any) -> list[Document]:
+        args = self._search_args(kwargs)
+        # Model inference is CPU/GPU bound: keep it off the event loop.
+        vec = (await asyncio.to_thread(self.embed_query, query, args["query_type"])).tolist()
+        collection = await asyncio.to_thread(self.store.resolve, self.collection)
+        if args["target"] == "fused":
+            points = self._fused_threshold(
+                await self.store.asearch_fused(
+                    collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
+                ),
+                args,
+            )
+        else:
+            points = await self.store.asearch(collection, vec, **self._search_kwargs(args))
+        return await asyncio.to_thread(self._documents, points, args, collection)
+
+    # --- BaseRetriever hooks ----------------------------------------------------------------
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        return self.search(query, **kwargs)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        return await self.asearch(query, **kwargs)
+
+
+class MultimodalEmbeddings(Embeddings):
+    """LangChain `Embeddings` over an mmrag embedder: texts and images in one space.
+
+    `MultimodalEmbeddings(model="clip-vit-b32")` loads through the registry
+    (default: the `MMRAG_MODEL` setting); `MultimodalEmbeddings(embedder=...)`
+    wraps one already loaded.
+    """
+
+    def __init__(self, model: str | None = None, *, embedder: Any = None, device: str = "auto", **load_kwargs: Any):
+        if embedder is None:
+            from .embedders import load_embedder
+
+            if model is None:
+                from .settings import Settings
+
+                model = Settings().model
+
+            embedder = load_embedder(model, device=device, **load_kwargs)
+        self.embedder = embedder
+        self.model = embedder.info.model_id
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self.embedder.embed_texts(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embedder.embed_texts([text])[0].tolist()
+
+    def embed_image(self, image: ImageQuery | str) -> list[float]:
+        return self.embedder.embed_images([load_query_image(image)])[0].tolist()
+
+    def embed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
+        if not images:
+            return []
+        return self.embedder.embed_images([load_query_image(i) for i in images]).tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
+
+    async def aembed_image(self, image: ImageQuery | str) -> list[float]:
+        return await asyncio.to_thread(self.embed_image, image)
+
+    async def aembed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_images, images)
