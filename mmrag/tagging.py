@@ -220,8 +220,8 @@ def tag_collection(
                 results = tags_for_vectors(
                     np.asarray(vecs, dtype=np.float32), label_matrix, clf.logit_scale, threshold, top, labels=clf.labels
                 )
-                for pid, res in zip(ids, results):
-                    store.set_payload(target, res.payload(), [str(pid)])
+                store.set_payloads(target, [(str(pid), res.payload()) for pid, res in zip(ids, results)])
+                for res in results:
                     counts.update(res.tags or [""])
                 report.tagged += len(ids)
             bar.update(len(records))

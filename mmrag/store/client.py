@@ -137,6 +137,12 @@ class QdrantClientStore(ThreadedAsyncMixin):
         if ids:
             self.client.set_payload(name, payload=dict(payload), points=list(ids), wait=True)
 
+    def set_payloads(self, name: str, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        if updates:
+            ops = [models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(p), points=[pid]))
+                   for pid, p in updates]
+            self.client.batch_update_points(name, update_operations=ops, wait=True)
+
     def retrieve(
         self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
     ) -> list[models.Record]:

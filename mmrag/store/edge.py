@@ -609,6 +609,14 @@ class EdgeStore(ThreadedAsyncMixin):
         shard.update(qe.UpdateOperation.set_payload([_id_in(i) for i in ids], dict(payload)))
         shard.flush()
 
+    def set_payloads(self, name: str, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        if not updates:
+            return
+        shard = self._shard(name)
+        for pid, payload in updates:
+            shard.update(qe.UpdateOperation.set_payload([_id_in(pid)], dict(payload)))
+        shard.flush()  # one flush per batch: flushing per point costs ~9 ms each
+
     def retrieve(
         self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
     ) -> list[models.Record]:

@@ -22,6 +22,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from mmrag.settings import Settings
+from mmrag.store.schema import CollectionSpec
 from mmrag.store import (
     IMAGE_VECTOR,
     TEXT_VECTOR,
@@ -648,3 +649,18 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
     assert (remote.shard_number, remote.replication_factor) == (2, 3)
     assert isinstance(remote.client, QdrantClient)
     remote.client.close()
+
+
+def test_set_payloads_applies_a_different_payload_per_point(store):
+    store.create_collection(CollectionSpec(name="multi", dim=4, model_id="m", payload_indexes={}))
+    ids = [point_id(i) for i in range(5)]
+    store.upsert("multi", [models.PointStruct(id=i, vector={"image": [1.0, 0, 0, 0]}, payload={"keep": n})
+                           for n, i in enumerate(ids)])
+    store.set_payloads("multi", [(i, {"tags": [f"t{n}"], "tag_scores": {f"t{n}": n / 10}}) for n, i in enumerate(ids[:3])])
+    got = {str(r.id): r.payload for r in store.retrieve("multi", ids)}
+    for n, i in enumerate(ids):
+        assert got[i]["keep"] == n  # merged, not overwritten
+        if n < 3:
+            assert got[i]["tags"] == [f"t{n}"] and got[i]["tag_scores"] == {f"t{n}": n / 10}
+        else:
+            assert "tags" not in got[i]
