@@ -145,16 +145,136 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from .embedders.registry import list_models
-
-    models = list_models()
+def _emit(args: argparse.Namespace, report: Any) -> None:
     if args.json:
-        _print_json([m if isinstance(m, dict) else m.__dict__ for m in models])
+        _print_json(report.to_dict())
     else:
-        for m in models:
-            d = m if isinstance(m, dict) else m.__dict__
-            print(f"{d.get('name', ''):<28} {d.get('backend', ''):<16} {d.get('source', '')}")
+        print(report.format_table())
+
+
+def _labels_arg(args: argparse.Namespace) -> list[str]:
+    if bool(args.labels) == bool(args.labels_file):
+        raise CliError("give --labels a,b,c or --labels-file FILE (exactly one)", EXIT_USAGE)
+    return _read_labels(args.labels_file or args.labels)
+
+
+def _templates_arg(args: argparse.Namespace) -> Any:
+    # --template (repeatable) gives literal templates; --templates names a built-in set.
+    return args.template or args.templates
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .classify import classify_paths
+
+    app = _app(args)
+    report = classify_paths(
+        app.embedder(args.model),
+        args.paths,
+        _labels_arg(args),
+        templates=_templates_arg(args),
+        templates_file=args.templates_file,
+        top_k=args.top_k,
+        batch_size=app.settings.batch_size,
+        workers=app.settings.workers or 1,
+        progress=not args.json,
+        cache_dir=app.settings.home / "cache",
+    )
+    if args.plot:
+        from .plots import plot_classification
+
+        first = next((p for p in report.predictions if p.ok), None)
+        if first is None:
+            raise CliError("no image could be classified, nothing to plot")
+        plot_classification(first.source, first.top, Path(args.plot))
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from .tagging import tag_collection
+
+    app = _app(args)
+    collection = _collection(args, app)
+    report = tag_collection(
+        app.store,
+        collection,
+        app.embedder(args.model, collection=collection),
+        _labels_arg(args),
+        templates=_templates_arg(args),
+        threshold=args.threshold,
+        top=args.top,
+        progress=not args.json,
+        cache_dir=app.settings.home / "cache",
+    )
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from .classify import similarity_report
+
+    if (args.b is None) == (args.text is None):
+        raise CliError("give a second image, or --text \"...\" (exactly one)", EXIT_USAGE)
+    app = _app(args)
+    for path in [args.a] + ([args.b] if args.b else []):
+        if not Path(path).is_file():
+            raise CliError(f"image not found: {path}", EXIT_USAGE)
+    # A second argument that is not a file is read as text by similarity_report; --text makes that explicit.
+    _emit(args, similarity_report(app.embedder(args.model), args.a, args.b if args.b else args.text))
+    return EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from .dedup import dedup_report
+
+    app = _app(args)
+    collection = _collection(args, app)
+    report = dedup_report(app.store, collection, threshold=args.threshold, vector=args.vector,
+                          limit_per_point=args.limit_per_point, progress=not args.json)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
+    from .evaluate import eval_zeroshot
+
+    app = _app(args)
+    report = eval_zeroshot(app.embedder(args.model), args.root, label_map=args.label_map,
+                           templates=_templates_arg(args), batch_size=app.settings.batch_size,
+                           progress=not args.json, workers=app.settings.workers or 1,
+                           cache_dir=app.settings.home / "cache")
+    if args.out:
+        report.write_json(args.out)
+    if args.confusion_png:
+        report.plot_confusion(args.confusion_png)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from .evaluate import eval_retrieval
+
+    app = _app(args)
+    ks = tuple(int(k) for k in args.ks.split(","))
+    report = eval_retrieval(app.embedder(args.model), args.manifest, root=args.root, ks=ks,
+                            batch_size=app.settings.batch_size, progress=not args.json,
+                            workers=app.settings.workers or 1)
+    if args.out:
+        report.write_json(args.out)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .embedders.registry import MODELS, list_models
+
+    rows = [{"name": n, "backend": MODELS[n].backend, "source": MODELS[n].source, "language": MODELS[n].language}
+            for n in list_models()]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:<26} {r['backend']:<16} {r['source']}")
     return EXIT_OK
 
 
@@ -205,6 +325,14 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _label_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", help="comma-separated labels")
+    p.add_argument("--labels-file", help="one label per line")
+    p.add_argument("--templates", help="built-in template set: en, en-ensemble, zh, zh-ensemble")
+    p.add_argument("--template", action="append", help="literal prompt template with {} (repeatable)")
+    p.add_argument("--templates-file", type=Path, help="one template per line, or a JSON list")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrag", description="Multimodal retrieval for RAG: CLIP embeddings in Qdrant.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -236,6 +364,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write the query and hits as a PNG grid")
     _common(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("classify", help="zero-shot classification of images or folders")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    _label_options(p)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--plot", type=Path, help="write the first image with its top labels as a PNG")
+    _common(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("tag", help="write predicted labels into the payload of indexed images")
+    _label_options(p)
+    p.add_argument("--threshold", type=float, help="keep tags with probability >= P")
+    p.add_argument("--top", type=int, default=3, help="at most N tags per image")
+    _common(p)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("similarity", help="cosine similarity of two images, or of an image and --text")
+    p.add_argument("a", help="image")
+    p.add_argument("b", nargs="?", help="second image")
+    p.add_argument("--text", help="text to compare the image with")
+    _common(p)
+    p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("dedup", help="groups of near-identical images in a collection")
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--vector", choices=["image", "text"], default="image")
+    p.add_argument("--limit-per-point", type=int, default=20)
+    _common(p, model=False)
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("eval", help="evaluate a model: zero-shot accuracy or retrieval recall")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+    e = esub.add_parser("zeroshot", help="ImageFolder layout: one subfolder per class")
+    e.add_argument("root", type=Path)
+    e.add_argument("--label-map", type=Path, help="JSON {folder: label}")
+    e.add_argument("--templates", help="built-in set: en, en-ensemble, zh, zh-ensemble")
+    e.add_argument("--template", action="append", help="literal template with {} (repeatable)")
+    e.add_argument("--out", type=Path, help="write the report as JSON")
+    e.add_argument("--confusion-png", type=Path, help="write the confusion matrix as PNG")
+    _common(e)
+    e.set_defaults(func=cmd_eval_zeroshot)
+    e = esub.add_parser("retrieval", help="recall@k, median rank and MRR over image-caption pairs")
+    e.add_argument("--manifest", type=Path, required=True, help="jsonl/csv/parquet with path and caption")
+    e.add_argument("--root", type=Path, help="folder the manifest paths are relative to")
+    e.add_argument("--ks", default="1,5,10")
+    e.add_argument("--out", type=Path, help="write the report as JSON")
+    _common(e)
+    e.set_defaults(func=cmd_eval_retrieval)
 
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("--json", action="store_true")
