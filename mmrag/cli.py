@@ -265,6 +265,149 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _job_result(args: argparse.Namespace, report: Any) -> int:
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return int(report.exit_code)
+
+
+def _load_pipeline(path: Path) -> Any:
+    import os
+
+    from .jobs.pipeline import PipelineError, load_pipeline
+
+    try:
+        return load_pipeline(path, env=os.environ)
+    except PipelineError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .ingest import IngestOptions
+    from .jobs.reindex import run_pipeline
+
+    pdef = _load_pipeline(args.pipeline)
+    app = _app(args)
+    embedder = app.embedder(pdef.model)
+    report = run_pipeline(
+        pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
+        options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
+        progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+    )
+    return _job_result(args, report)
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .ingest import IngestOptions
+    from .jobs.reindex import JobSpec, rebuild, rollback, run_pipeline
+
+    app = _app(args)
+    target = args.target
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        if args.rollback:
+            target = _load_pipeline(Path(target)).collection_name
+        else:
+            pdef = _load_pipeline(Path(target))
+            embedder = app.embedder(args.model or pdef.model)
+            return _job_result(args, run_pipeline(
+                pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
+                options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
+                progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+            ))
+    if args.rollback:
+        return _job_result(args, rollback(target, store=app.store, home=app.settings.home, to=args.to))
+    embedder = app.embedder(args.model, collection=target)
+    root, manifest = args.root, args.manifest
+    if root is None and manifest is None:
+        # Re-index from where the collection was ingested from.
+        spec = app.store.get_spec(app.store.resolve(target)) if app.store.collection_exists(target) else None
+        recorded = (spec.extra or {}).get("corpus_root") if spec else None
+        if not recorded:
+            raise CliError(f"no --root/--manifest given and {target!r} records no corpus folder", EXIT_USAGE)
+        root = Path(recorded)
+    job = JobSpec(
+        collection=target, root=root, manifest=manifest, prune=args.prune,
+        options=IngestOptions.from_settings(app.settings, embedder),
+        tag_labels=_read_labels(args.tag_labels) if args.tag_labels else None,
+        keep_versions=args.keep or 2, model=args.model,
+    )
+    common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
+                  progress=not args.json and not args.quiet)
+    if args.rebuild:
+        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, **common))
+    from .jobs.reindex import sync
+
+    return _job_result(args, sync(job, prune=args.prune, **common))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .jobs.reindex import rollback
+
+    app = _app(args)
+    return _job_result(args, rollback(args.name, store=app.store, home=app.settings.home, to=args.to))
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    import os
+
+    from .ingest import IngestOptions
+    from .jobs.pipeline import PipelineError, load_pipelines
+    from .jobs.reindex import run_pipeline, run_scheduler
+
+    try:
+        pdefs = load_pipelines(list(args.paths), env=os.environ)
+    except PipelineError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    app = _app(args)
+
+    def run_one(pdef: Any) -> Any:
+        embedder = app.embedder(pdef.model)
+        return run_pipeline(pdef, store=app.store, embedder=embedder, home=app.settings.home,
+                            options=IngestOptions.from_settings(app.settings, embedder))
+
+    def on_report(pdef: Any, report: Any) -> None:
+        print(json.dumps(report.to_dict(), default=str) if args.json else report.summary(), flush=True)
+
+    run_scheduler(pdefs, run_one, max_jobs=args.max_jobs, on_report=on_report)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .transfer import export_collection
+
+    app = _app(args)
+    n = export_collection(app.store, args.collection_name, args.out, batch=args.batch)
+    result = {"collection": args.collection_name, "out": str(args.out), "points": n}
+    _print_json(result) if args.json else print(f"exported {n} points of {args.collection_name} to {args.out}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .transfer import import_collection
+
+    app = _app(args)
+    n = import_collection(app.store, args.file, collection=args.collection, batch=args.batch)
+    result = {"file": str(args.file), "collection": args.collection, "points": n}
+    _print_json(result) if args.json else print(f"imported {n} points from {args.file}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .datasets.synthetic import write_corpus
+
+    out = write_corpus(args.out, args.n, seed=args.seed, lang=args.lang, manifest=args.manifest,
+                       image_size=args.image_size)
+    result = {"out": str(out), "images": args.n, "lang": args.lang,
+              "manifest": str(out / f"manifest.{args.manifest}") if args.manifest else None}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wrote {args.n} captioned images to {out}" + (f" (manifest {result['manifest']})" if args.manifest else ""))
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .embedders.registry import MODELS, list_models
 
@@ -323,6 +466,18 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         p.add_argument("--model", "-m", help="registry name, HF id, local dir or cn_clip:NAME [MMRAG_MODEL]")
         p.add_argument("--device", help="auto|cpu|cuda|mps [MMRAG_DEVICE]")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rebuild", action="store_true", help="build a new version beside the live one, then switch")
+    p.add_argument("--migrate", action="store_true", help="with --rebuild: turn a plain collection into a versioned alias")
+    p.add_argument("--keep", type=int, help="versions to keep after a rebuild (the live one counts)")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=None,
+                   help="delete points of vanished files (default: the pipeline's policy)")
+    p.add_argument("--strict", action="store_true", help="exit 4 when some files failed")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--home", type=Path)
+    p.add_argument("--json", action="store_true")
 
 
 def _label_options(p: argparse.ArgumentParser) -> None:
@@ -412,6 +567,62 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="write the report as JSON")
     _common(e)
     e.set_defaults(func=cmd_eval_retrieval)
+
+    p = sub.add_parser("run", help="run a pipeline definition (pipelines/NAME.yaml): incremental sync")
+    p.add_argument("pipeline", type=Path)
+    _job_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reindex", help="incremental sync, or --rebuild with zero downtime, of a pipeline or collection")
+    p.add_argument("target", help="pipeline YAML or collection (alias) name")
+    p.add_argument("--root", type=Path, help="corpus folder (default: the one recorded in the collection)")
+    p.add_argument("--manifest", type=Path)
+    p.add_argument("--tag-labels", help="labels file or comma list")
+    p.add_argument("--rollback", action="store_true", help="switch the alias back to the previous version")
+    p.add_argument("--to", help="with --rollback: version number or NAME__vN")
+    p.add_argument("--model", "-m", help="model for a rebuild (default: the collection's own)")
+    _job_options(p)
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("rollback", help="point an alias back at its previous version")
+    p.add_argument("name")
+    p.add_argument("--to", help="version number or NAME__vN")
+    p.add_argument("--home", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("schedule", help="run pipelines on their cron schedules, one job at a time (foreground)")
+    p.add_argument("paths", nargs="+", type=Path, help="pipeline files or folders")
+    p.add_argument("--max-jobs", type=int, help="stop after N jobs (default: run forever)")
+    p.add_argument("--home", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("export", help="write a collection's ids, vectors and payloads to parquet")
+    p.add_argument("collection_name")
+    p.add_argument("out", type=Path)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--home", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="load an export into this store without re-embedding")
+    p.add_argument("file", type=Path)
+    p.add_argument("--collection", "-c", help="target name (default: the exported collection's)")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--home", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("synth", help="write a synthetic captioned corpus of shapes (for trying mmrag out)")
+    p.add_argument("out", type=Path)
+    p.add_argument("-n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lang", choices=["en", "zh"], default="en", help="language of the sidecar captions")
+    p.add_argument("--manifest", choices=["jsonl", "csv", "parquet"], help="also write a manifest")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("models", help="list registered model names")
     p.add_argument("--json", action="store_true")

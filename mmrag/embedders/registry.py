@@ -5,6 +5,10 @@ Accepted names (see `resolve_model`):
   * "hf-hub:ORG/NAME" or a bare "ORG/NAME" (Hugging Face hub id),
   * "local-dir:/path" or a bare path to an existing directory (a saved checkpoint),
   * "cn_clip:ViT-B-16" (the `cn_clip` package backend).
+
+Bundled reference models ("mmrag-shapes-en", "mmrag-shapes-zh": small CLIPs trained on
+mmrag's synthetic shapes, shipped in `mmrag/assets/reference/`) keep their registry
+name as model id, so a collection does not depend on where mmrag is installed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 from mmrag.embedders.base import Embedder
 
 Backend = Literal["hf-clip", "hf-chinese-clip", "cn_clip"]
-Location = Literal["hub", "local", "cn_clip"]
+Location = Literal["hub", "local", "cn_clip", "bundled"]
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -51,7 +55,19 @@ class ModelSpec:
             return LOCAL_DIR_PREFIX + self.source
         if self.location == "cn_clip":
             return CN_CLIP_PREFIX + self.source
+        if self.location == "bundled":
+            return self.name
         return self.source
+
+    @property
+    def load_path(self) -> str:
+        """What from_pretrained receives: a hub id or a directory."""
+        if self.location == "bundled":
+            return str(REFERENCE_DIR / self.source)
+        return self.source
+
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference"
 
 
 def _hub(name: str, repo_id: str, backend: Backend) -> ModelSpec:
@@ -71,6 +87,9 @@ MODELS: dict[str, ModelSpec] = {
         _hub("chinese-clip-vit-h14", "OFA-Sys/chinese-clip-vit-huge-patch14", "hf-chinese-clip"),
         # RN50 has no transformers port: only the cn_clip package can run it.
         ModelSpec("chinese-clip-rn50", "cn_clip", "RN50", "zh", "cn_clip"),
+        # Trained by pipelines/train_reference.py; see README "Reference models".
+        ModelSpec("mmrag-shapes-en", "hf-clip", "clip-shapes-en", "en", "bundled"),
+        ModelSpec("mmrag-shapes-zh", "hf-chinese-clip", "chinese-clip-shapes-zh", "zh", "bundled"),
     )
 }
 
@@ -194,8 +213,11 @@ def load_embedder(
         )
     from mmrag.embedders.hf import HFClipEmbedder
 
+    if spec.location == "bundled" and not Path(spec.load_path, "config.json").is_file():
+        raise ValueError(f"bundled model {spec.name!r} is missing from {spec.load_path}; "
+                         "re-create it with `python pipelines/train_reference.py`")
     return HFClipEmbedder(
-        spec.source,
+        spec.load_path,
         model_id=spec.model_id,
         backend=spec.backend,
         device=device,
