@@ -227,3 +227,26 @@ class TestEmbeddingsUnitStandard(EmbeddingsUnitTests):
     @property
     def init_from_env_params(self):
         return {"MMRAG_MODEL": self.model_dir}, {"device": "cpu"}, {"model": f"local-dir:{Path(self.model_dir).resolve()}"}
+
+
+def test_stock_langchain_qdrant_vectorstore_reads_our_collection(tiny_embedder, tmp_path):
+    """MultimodalEmbeddings lets langchain_qdrant's own QdrantVectorStore query an mmrag collection."""
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient
+
+    from mmrag.store import QdrantClientStore
+
+    store = QdrantClientStore(QdrantClient(":memory:"))
+    run_ingest(store, tiny_embedder, root=write_corpus(tmp_path / "corpus"), collection="photos", progress=False)
+    vs = QdrantVectorStore(
+        client=store.client,
+        collection_name="photos",
+        embedding=MultimodalEmbeddings(embedder=tiny_embedder),
+        vector_name="image",
+        content_payload_key="path",  # always a string; captions are None on uncaptioned images
+        metadata_payload_key="payload_not_used",
+    )
+    stock = vs.similarity_search_with_score("a red picture", k=4)
+    ours = MultimodalRetriever(store=store, embedder=tiny_embedder, collection="photos", k=4).invoke("a red picture")
+    assert [d.metadata["_id"] for d, _ in stock] == [d.metadata["id"] for d in ours]
+    np.testing.assert_allclose([s for _, s in stock], [d.metadata["score"] for d in ours], atol=1e-5)
