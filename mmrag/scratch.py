@@ -1,0 +1,171 @@
+"""Small randomly initialised CLIP / Chinese-CLIP models to train from scratch.
+
+`build_scratch_model` writes a directory that loads like a hub checkpoint
+(`CLIPModel.from_pretrained(d)`, `AutoProcessor.from_pretrained(d)`), with a real
+tokenizer (a prefix of CLIP's BPE merges, or cn_clip's BERT vocab reduced to the
+characters needed) so the vocabulary, and with it the model, stays a few MB.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+
+from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
+
+ScratchSize = Literal["tiny", "small", "base"]
+ScratchArch = Literal["clip", "chinese-clip"]
+
+CLIP_TEXT_MAX_LENGTH = 77
+CHINESE_TEXT_MAX_LENGTH = 52
+
+
+@dataclass(frozen=True)
+class ScratchPreset:
+    hidden: int
+    layers: int
+    heads: int
+    mlp_ratio: int
+    projection_dim: int
+    patch_size: int
+    num_merges: int  # CLIP BPE merges kept: vocab = 514 + num_merges
+
+
+PRESETS: dict[str, ScratchPreset] = {
+    # ~0.1M params: unit tests
+    "tiny": ScratchPreset(hidden=32, layers=2, heads=2, mlp_ratio=2, projection_dim=32, patch_size=16, num_merges=500),
+    # ~2M params (~8 MB fp32): the reference models
+    "small": ScratchPreset(hidden=128, layers=4, heads=4, mlp_ratio=4, projection_dim=128, patch_size=8, num_merges=1500),
+    # ~10M params
+    "base": ScratchPreset(hidden=256, layers=6, heads=8, mlp_ratio=4, projection_dim=256, patch_size=8, num_merges=8000),
+}
+
+
+def _default_chinese_keep() -> str:
+    # Characters of the synthetic captions plus a block of frequent CJK characters,
+    # so the reduced vocab still covers ordinary short phrases.
+    from mmrag.datasets.synthetic import charset_zh
+
+    common = (
+        "的一是不了人我在有他这中大来上个国到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后"
+        "小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
+        "图片照张色形状颜红绿蓝黄紫橙白黑灰左右上下中间角边背景物体个"
+    )
+    return charset_zh() + common
+
+
+def build_scratch_model(
+    out_dir: str | Path,
+    *,
+    size: ScratchSize = "small",
+    arch: ScratchArch = "clip",
+    image_size: int = 64,
+    seed: int = 0,
+    keep_chars: Iterable[str] | None = None,
+) -> Path:
+    """Write a random-init model + processor into `out_dir` and return it.
+
+    `size` picks a preset from `PRESETS`; `arch` is "clip" (`CLIPModel`, BPE
+    tokenizer) or "chinese-clip" (`ChineseCLIPModel`, BERT tokenizer reduced to
+    `keep_chars`, by default the synthetic captions' characters plus common ones).
+    Weights depend only on `seed`; the caller's RNG state is left untouched.
+    """
+    if size not in PRESETS:
+        raise ValueError(f"size must be one of {list(PRESETS)}, got {size!r}")
+    if arch not in ("clip", "chinese-clip"):
+        raise ValueError(f"arch must be 'clip' or 'chinese-clip', got {arch!r}")
+    preset = PRESETS[size]
+    if image_size % preset.patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {preset.patch_size}")
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # no-torchvision fallback notices
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vision = dict(
+        hidden_size=preset.hidden,
+        intermediate_size=preset.hidden * preset.mlp_ratio,
+        num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads,
+        image_size=image_size,
+        patch_size=preset.patch_size,
+        projection_dim=preset.projection_dim,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if arch == "clip":
+            _build_clip(out, preset, vision, image_size)
+        else:
+            _build_chinese_clip(out, preset, vision, image_size, keep_chars)
+    return out
+
+
+def _build_clip(out: Path, preset: ScratchPreset, vision: dict, image_size: int) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    write_clip_tokenizer(out, num_merges=preset.num_merges, model_max_length=CLIP_TEXT_MAX_LENGTH)
+    n_vocab = vocab_size(out)
+    bos_id, eos_id = n_vocab - 2, n_vocab - 1
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=n_vocab,
+            hidden_size=preset.hidden,
+            intermediate_size=preset.hidden * preset.mlp_ratio,
+            num_hidden_layers=preset.layers,
+            num_attention_heads=preset.heads,
+            max_position_embeddings=CLIP_TEXT_MAX_LENGTH,
+            projection_dim=preset.projection_dim,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,  # pooling takes the first <|endoftext|>
+            pad_token_id=eos_id,
+        ),
+        vision_config=vision,
+        projection_dim=preset.projection_dim,
+    )
+    CLIPModel(config).save_pretrained(out)
+    tokenizer = CLIPTokenizer.from_pretrained(out)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def _build_chinese_clip(
+    out: Path, preset: ScratchPreset, vision: dict, image_size: int, keep_chars: Iterable[str] | None
+) -> None:
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
+
+    keep = list(keep_chars) if keep_chars is not None else list(_default_chinese_keep())
+    write_chinese_tokenizer(out, keep=keep, model_max_length=CHINESE_TEXT_MAX_LENGTH)
+    config = ChineseCLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size(out),
+            hidden_size=preset.hidden,
+            intermediate_size=preset.hidden * preset.mlp_ratio,
+            num_hidden_layers=preset.layers,
+            num_attention_heads=preset.heads,
+            max_position_embeddings=64,
+            type_vocab_size=2,
+            pad_token_id=0,
+        ),
+        vision_config=vision,
+        projection_dim=preset.projection_dim,
+    )
+    ChineseCLIPModel(config).save_pretrained(out)
+    tokenizer = BertTokenizer.from_pretrained(out)
+    # like the released OFA-Sys checkpoints: squash to the square input, no crop
+    image_processor = ChineseCLIPImageProcessor(
+        size={"height": image_size, "width": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+    )
+    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
