@@ -394,6 +394,39 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    if (args.base is None) == (args.from_scratch is None):
+        raise CliError("give --base MODEL or --from-scratch SIZE (exactly one)", EXIT_USAGE)
+    base = args.base
+    if base is not None:
+        # Registry names are accepted as bases too (clip-vit-b32 -> its HF id or bundled dir).
+        from .embedders.registry import MODELS
+
+        base = MODELS[base].load_path if base in MODELS else base
+    config = FinetuneConfig(
+        manifest=args.manifest, out_dir=args.out, base=base, from_scratch=args.from_scratch, arch=args.arch,
+        image_size=args.image_size, caption_column=args.caption_column, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        grad_accum=args.grad_accum, train=args.train, lora_rank=args.lora_rank, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, precision=args.precision, resume=args.resume,
+    )
+    result = finetune(config, progress=not args.json)
+    summary = {
+        "out_dir": str(result.out_dir), "best_epoch": result.best_epoch, "best_metric": result.best_metric,
+        "pairs_per_second": round(result.pairs_per_second, 1), "epochs": result.metrics,
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        for i, m in enumerate(result.metrics, 1):
+            print(f"epoch {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
+        print(f"best epoch {result.best_epoch} saved to {result.out_dir} ({result.pairs_per_second:.1f} pairs/s)")
+        print(f"use it with: mmrag ingest <folder> --model {result.out_dir}")
+    return EXIT_OK
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .datasets.synthetic import write_corpus
 
@@ -613,6 +646,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("finetune", help="contrastive fine-tuning on image-caption pairs (CLIP objective)")
+    p.add_argument("--manifest", type=Path, required=True, help="jsonl/csv/parquet with path + caption")
+    p.add_argument("--out", type=Path, required=True, help="output directory (save_pretrained layout)")
+    p.add_argument("--base", help="model to start from: registry name, HF id or local dir")
+    p.add_argument("--from-scratch", choices=["tiny", "small", "base"], help="build a small CLIP instead")
+    p.add_argument("--arch", choices=["clip", "chinese-clip"], default="clip", help="with --from-scratch")
+    p.add_argument("--image-size", type=int, default=64, help="with --from-scratch")
+    p.add_argument("--caption-column", default="caption")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-ratio", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--train", default="all", help="all | projections | last:N")
+    p.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA adapters (needs peft)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("synth", help="write a synthetic captioned corpus of shapes (for trying mmrag out)")
     p.add_argument("out", type=Path)

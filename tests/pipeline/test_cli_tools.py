@@ -126,3 +126,17 @@ def test_eval_zeroshot_and_retrieval(env, capsys, tiny_embedder):
     for direction in ("image_to_text", "text_to_image"):
         assert res[direction] == pytest.approx(direct[direction])
     assert set(res["text_to_image"]) == {"n_queries", "R@1", "R@2", "median_rank", "mrr"}
+
+
+def test_finetune_from_scratch_then_ingest_with_the_result(env, capsys):
+    from mmrag.datasets.synthetic import write_corpus
+
+    data = write_corpus(env["tmp"] / "pairs", 48, seed=5, manifest="jsonl", image_size=32)
+    out = env["tmp"] / "my-clip"
+    res = run_json(capsys, "finetune", "--manifest", str(data / "manifest.jsonl"), "--out", str(out),
+                   "--from-scratch", "tiny", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
+                   "--device", "cpu")
+    assert res["out_dir"] == str(out) and len(res["epochs"]) == 2 and 1 <= res["best_epoch"] <= 2
+    assert (out / "config.json").is_file() and (out / "checkpoint-last").is_dir()
+    rep = run_json(capsys, "ingest", str(data), "-c", "tuned", "--model", str(out))
+    assert rep["indexed"] == 48 and rep["model_id"] == f"local-dir:{out.resolve()}"
