@@ -191,8 +191,42 @@ class HFClipEmbedder:
         # unless the processor was configured not to convert.
         if image.mode != "RGB" and not self._processor_converts_rgb:
             image = ensure_rgb(image)
-        batch = self.image_processor(images=image, return_tensors="np")
+        size = self._exact_resize_size(image)
+        if size is not None:
+            # Same PIL resize the processor would run, done on the PIL image directly: the
+            # processor's numpy round trip of a full-size photo costs more than the resize.
+            image = image.resize(size, resample=self.image_processor.resample)
+            batch = self.image_processor(images=image, do_resize=False, return_tensors="np")
+        else:
+            batch = self.image_processor(images=image, return_tensors="np")
         return np.asarray(batch["pixel_values"][0], dtype=np.float32)
+
+    def _exact_resize_size(self, image: Image.Image) -> tuple[int, int] | None:
+        """(width, height) the PIL-backend processor would resize an RGB `image` to, or None.
+
+        None (use the processor as is) for any configuration whose resize could differ
+        when done first: another backend, non-RGB input, a reducing gap, longest_edge.
+        """
+        proc = self.image_processor
+        if image.mode != "RGB" or getattr(proc, "backend", None) != "pil" or not getattr(proc, "do_resize", False):
+            return None
+        if getattr(proc, "reducing_gap", None) is not None or not isinstance(proc.resample, int):
+            return None
+        size = proc.size or {}
+        keys = {k for k, v in dict(size).items() if v is not None}
+        if keys == {"shortest_edge"}:
+            from transformers.image_transforms import get_resize_output_image_size
+
+            # The processor's own formula; a zero-stride array stands in for the pixels.
+            stand_in = np.broadcast_to(np.uint8(0), (3, image.height, image.width))
+            height, width = get_resize_output_image_size(
+                stand_in, size=size["shortest_edge"], default_to_square=False, input_data_format="channels_first"
+            )
+        elif keys == {"height", "width"}:
+            height, width = size["height"], size["width"]
+        else:
+            return None
+        return int(width), int(height)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.asarray(pixels, dtype=np.float32)
@@ -204,6 +238,9 @@ class HFClipEmbedder:
         with torch.inference_mode():
             for start in range(0, len(pixels), self.batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.batch_size]))
+                if self.device.startswith("cuda"):
+                    # page-locked staging lets the copy run as DMA; the fp16 cast happens on the GPU
+                    chunk = chunk.pin_memory().to(self.device, non_blocking=True)
                 chunk = chunk.to(device=self.device, dtype=self.dtype)
                 out.append(l2_normalize(projected_features(self.model.get_image_features(pixel_values=chunk))))
         return np.concatenate(out, axis=0)
@@ -234,12 +271,19 @@ class HFClipEmbedder:
             raise TypeError("embed_texts takes a sequence of strings, not a single string")
         if len(texts) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
-        out = []
+        order = list(range(len(texts)))
+        if len(texts) > self.text_batch_size:
+            # Batch texts of similar token length together: each batch pads to its own
+            # longest text, so a few long captions no longer pad every batch.
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_text_length)["input_ids"]
+            order.sort(key=lambda i: len(ids[i]))
+        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.text_batch_size):
-                enc = self.tokenize(texts[start : start + self.text_batch_size])
-                out.append(l2_normalize(projected_features(self.model.get_text_features(**enc))))
-        return np.concatenate(out, axis=0)
+                idx = order[start : start + self.text_batch_size]
+                enc = self.tokenize([texts[i] for i in idx])
+                out[idx] = l2_normalize(projected_features(self.model.get_text_features(**enc)))
+        return out
 
     def __repr__(self) -> str:
         return f"HFClipEmbedder({self.info.model_id!r}, device={self.device!r}, dim={self.info.dim})"
