@@ -245,6 +245,9 @@ def run_ingest(
             max_image_pixels=opts.max_image_pixels,
             preprocess=embedder.preprocess,
             draft_size=opts.draft_size,
+            # Decode the next batch while the model embeds this one: a window smaller than a
+            # batch would stall the pool during every model call. Bounded: memory stays flat.
+            max_in_flight=2 * opts.batch_size,
         )
         for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar):
             points = _embed_batch(batch, embedder, opts, state, tagger, report)
@@ -301,6 +304,9 @@ def _batched_decoded(
     bar: tqdm,
 ) -> Iterator[list[DecodedImage]]:
     batch: list[DecodedImage] = []
+    # A small first batch starts the model while the pool fills up, instead of idling
+    # through a whole batch of decodes.
+    target = max(1, size // 4)
     for result in stream:
         if isinstance(result, SkippedFile):
             report.failed.append(result)
@@ -314,9 +320,9 @@ def _batched_decoded(
             bar.update(1)
             continue
         batch.append(result)
-        if len(batch) >= size:
+        if len(batch) >= target:
             yield batch
-            batch = []
+            batch, target = [], size
     if batch:
         yield batch
 
