@@ -37,7 +37,7 @@ def _app(args: argparse.Namespace):
         "batch_size": getattr(args, "batch_size", None),
         "workers": getattr(args, "workers", None),
         "quantize": getattr(args, "quantize", None),
-        "fast_preprocess": getattr(args, "fast_preprocess", None) or None,
+        "fast_preprocess": getattr(args, "fast_preprocess", None),
         "hnsw": getattr(args, "hnsw", None) or None,
     }.items() if v is not None}
     return App(Settings(**overrides))
@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="decode workers (0 = one per core)")
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation on CPU")
-    p.add_argument("--fast-preprocess", action="store_true", help="JPEG draft-mode decoding (see README for fidelity)")
+    p.add_argument("--fast-preprocess", action=argparse.BooleanOptionalAction, default=None,
+                   help="JPEG draft-mode decoding of large JPEGs (default on; see README for its fidelity)")
     p.add_argument("--tag-labels", help="labels file (one per line) or comma list: auto-tag while ingesting")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _common(p)

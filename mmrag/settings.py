@@ -46,9 +46,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("MMRAG_QUANTIZE", "quantize")
     )
     fast_preprocess: bool = Field(
-        default=False,
+        default=True,
         validation_alias=AliasChoices("MMRAG_FAST_PREPROCESS", "fast_preprocess"),
-        description="JPEG draft-mode decoding; off by default (see README for fidelity).",
+        # On by default because its measured difference is negligible: embedding cosine to the
+        # reference path min 0.99999 on 12-MP photos, 0.99994 on mixed images (bench/ingest.py).
+        description="JPEG draft-mode decoding of large JPEGs before the exact resize.",
     )
 
     # --- ingestion ----------------------------------------------------------
