@@ -43,6 +43,11 @@ class App:
         if name not in self._embedders:
             from .embedders import load_embedder
 
+            if self.settings.torch_threads:
+                import torch
+
+                torch.set_num_threads(self.settings.torch_threads)
+
             self._embedders[name] = load_embedder(
                 name,
                 device=self.settings.device,

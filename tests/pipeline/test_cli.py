@@ -109,3 +109,14 @@ def test_console_script_entry_point(env):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_torch_threads_setting_reaches_torch(env, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["ingest", str(env["corpus"]), "-c", "photos", "--quiet", "--torch-threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
