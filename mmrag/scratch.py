@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 
@@ -103,7 +103,7 @@ def build_scratch_model(
 
 
 def _build_clip(out: Path, preset: ScratchPreset, vision: dict, image_size: int) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel
 
     write_clip_tokenizer(out, num_merges=preset.num_merges, model_max_length=CLIP_TEXT_MAX_LENGTH)
     n_vocab = vocab_size(out)
@@ -124,25 +124,45 @@ def _build_clip(out: Path, preset: ScratchPreset, vision: dict, image_size: int)
         vision_config=vision,
         projection_dim=preset.projection_dim,
     )
-    CLIPModel(config).save_pretrained(out)
-    tokenizer = CLIPTokenizer.from_pretrained(out)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
+    save_with_processor(CLIPModel(config), out, arch="clip", image_size=image_size)
+
+
+def save_with_processor(model: Any, out: Path, *, arch: str, image_size: int) -> None:
+    """`save_pretrained` the model with the tokenizer already in `out` and a matching image processor.
+
+    CLIP resizes the shortest edge then centre-crops; Chinese-CLIP, like the released
+    OFA-Sys checkpoints, squashes to the square input with no crop.
+    """
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPProcessor,
+        CLIPImageProcessor,
+        CLIPProcessor,
+        CLIPTokenizer,
     )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+    model.save_pretrained(out)
+    square = {"height": image_size, "width": image_size}
+    if arch == "clip":
+        processor = CLIPProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
+            tokenizer=CLIPTokenizer.from_pretrained(out),
+        )
+    elif arch == "chinese-clip":
+        processor = ChineseCLIPProcessor(
+            image_processor=ChineseCLIPImageProcessor(size=square, crop_size=square, do_center_crop=False),
+            tokenizer=BertTokenizer.from_pretrained(out),
+        )
+    else:
+        raise ValueError(f"arch must be 'clip' or 'chinese-clip', not {arch!r}")
+    processor.save_pretrained(out)
 
 
 def _build_chinese_clip(
     out: Path, preset: ScratchPreset, vision: dict, image_size: int, keep_chars: Iterable[str] | None
 ) -> None:
-    from transformers import (
-        BertTokenizer,
-        ChineseCLIPConfig,
-        ChineseCLIPImageProcessor,
-        ChineseCLIPModel,
-        ChineseCLIPProcessor,
-    )
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
     keep = list(keep_chars) if keep_chars is not None else list(_default_chinese_keep())
     write_chinese_tokenizer(out, keep=keep, model_max_length=CHINESE_TEXT_MAX_LENGTH)
@@ -160,12 +180,4 @@ def _build_chinese_clip(
         vision_config=vision,
         projection_dim=preset.projection_dim,
     )
-    ChineseCLIPModel(config).save_pretrained(out)
-    tokenizer = BertTokenizer.from_pretrained(out)
-    # like the released OFA-Sys checkpoints: squash to the square input, no crop
-    image_processor = ChineseCLIPImageProcessor(
-        size={"height": image_size, "width": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        do_center_crop=False,
-    )
-    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    save_with_processor(ChineseCLIPModel(config), out, arch="chinese-clip", image_size=image_size)

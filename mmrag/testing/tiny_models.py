@@ -15,6 +15,7 @@ import torch
 
 from mmrag.embedders.hf import quiet_transformers
 from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
+from mmrag.scratch import save_with_processor
 
 CLIP_TEXT_MAX_LENGTH = 77
 CHINESE_TEXT_MAX_LENGTH = 52
@@ -43,7 +44,7 @@ def make_tiny_clip(
 ) -> Path:
     """Write a random `CLIPModel` + `CLIPProcessor` into `out_dir` and return it."""
     with quiet_transformers():  # no torchvision: the PIL image processor is expected
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+        from transformers import CLIPConfig, CLIPModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,13 +80,7 @@ def make_tiny_clip(
         model = CLIPModel(config).eval()
     finally:
         ctx.__exit__(None, None, None)
-    model.save_pretrained(out)
-    tokenizer = CLIPTokenizer.from_pretrained(out)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    save_with_processor(model, out, arch="clip", image_size=image_size)
     return out
 
 
@@ -108,13 +103,7 @@ def make_tiny_chinese_clip(
     processor squashes the image to image_size x image_size (no center crop).
     """
     with quiet_transformers():  # no torchvision: the PIL image processor is expected
-        from transformers import (
-            BertTokenizer,
-            ChineseCLIPConfig,
-            ChineseCLIPImageProcessor,
-            ChineseCLIPModel,
-            ChineseCLIPProcessor,
-        )
+        from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,12 +136,5 @@ def make_tiny_chinese_clip(
         model = ChineseCLIPModel(config).eval()
     finally:
         ctx.__exit__(None, None, None)
-    model.save_pretrained(out)
-    tokenizer = BertTokenizer.from_pretrained(out)
-    image_processor = ChineseCLIPImageProcessor(
-        size={"height": image_size, "width": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        do_center_crop=False,
-    )
-    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    save_with_processor(model, out, arch="chinese-clip", image_size=image_size)
     return out

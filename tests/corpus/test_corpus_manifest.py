@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmrag.corpus import iter_corpus, read_manifest, scan_folder
-from mmrag.corpus.types import CorpusItem, SkippedFile
+from mmrag.corpus.types import CorpusItem
 
 
 def _png() -> bytes:

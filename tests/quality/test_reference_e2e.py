@@ -12,7 +12,6 @@ embedder stops producing the model's vectors.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
