@@ -106,8 +106,8 @@ def test_caption_vector_path_text_to_text(world):
     assert top.metadata["score"] == pytest.approx(1.0, abs=1e-4)
     assert top.metadata["vector"] == "text"
     # Short prompts find captions that name the same colour and shape (text -> text).
-    # Weaker than text->image (CLIP's loss never compares two texts): 46/63 hits measured; a random
-    # model finds about 1 in 10.
+    # Weaker than text->image (CLIP's loss never compares two texts): 46/63 hits measured; a
+    # random-init model of the same size found 12/63.
     queries, misses = _colour_shape_misses(world, "text")
     assert len(misses) <= len(queries) // 3, misses
 
