@@ -29,7 +29,7 @@ from .corpus.types import CorpusItem, DecodedImage, SkippedFile
 from .embedders.base import Embedder
 from .store.base import VectorStore
 from .store.convert import build_payload, build_point, payload_metadata, point_id
-from .store.schema import PAYLOAD_FIELDS, CollectionSpec, check_compatible
+from .store.schema import PAYLOAD_FIELDS, CollectionSpec, SchemaMismatch, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class IngestReport:
     updated: int = 0  # changed files re-embedded in place
     unchanged: int = 0
     pruned: int = 0
-    captions: int = 0  # text vectors written
+    captions: int = 0  # text vectors embedded
+    written: int = 0  # points the store confirmed in this run
     failed: list[SkippedFile] = field(default_factory=list)
     elapsed_s: float = 0.0
     error: str | None = None  # a run-level failure (not a per-file one)
@@ -97,6 +98,7 @@ class IngestReport:
             "unchanged": self.unchanged,
             "pruned": self.pruned,
             "captions": self.captions,
+            "written": self.written,
             "failed": [{"path": f.rel_path, "reason": f.reason} for f in self.failed],
             "failed_count": len(self.failed),
             "elapsed_s": round(self.elapsed_s, 3),
@@ -119,6 +121,7 @@ class IngestReport:
             lines.append(f"    ! {f.rel_path}: {f.reason}")
         if self.error:
             lines.append(f"  ERROR: {self.error}")
+            lines.append(f"  written before the failure: {self.written} points; re-run the same command to finish")
         return "\n".join(lines)
 
 
@@ -160,7 +163,8 @@ class _Writer:
         self.store, self.collection, self.batch = store, collection, batch
         self.buffer: list[Any] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmrag-writer")
-        self.pending: list[Future] = []
+        self.pending: list[tuple[Future, int]] = []
+        self.written = 0  # points the store confirmed: what a failed run reports as done
 
     def add(self, points: Sequence[Any]) -> None:
         self.buffer.extend(points)
@@ -170,15 +174,20 @@ class _Writer:
 
     def _submit(self, points: list[Any]) -> None:
         while len(self.pending) >= 2:
-            self.pending.pop(0).result()  # re-raises a store failure in the main thread
-        self.pending.append(self.pool.submit(self.store.upsert, self.collection, points))
+            self._settle()
+        self.pending.append((self.pool.submit(self.store.upsert, self.collection, points), len(points)))
+
+    def _settle(self) -> None:
+        future, n = self.pending.pop(0)
+        future.result()  # re-raises a store failure in the main thread
+        self.written += n
 
     def flush(self) -> None:
         if self.buffer:
             self._submit(self.buffer)
             self.buffer = []
         while self.pending:
-            self.pending.pop(0).result()
+            self._settle()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -199,6 +208,10 @@ def run_ingest(
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
 ) -> IngestReport:
     """Index a folder and/or manifest into `collection`. Per-file problems never stop the run.
+
+    A run-level failure while embedding or writing (a store that stays down after its
+    retries, say) ends the run with `report.error` set and `report.written` counting the
+    points the store confirmed; a schema mismatch raises before anything is written.
 
     `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
     payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
@@ -265,9 +278,17 @@ def run_ingest(
             writer.flush()
         finally:
             raise
+    except SchemaMismatch:
+        raise
+    except Exception as exc:
+        # The run failed (e.g. the store stayed unreachable after its retries): report what was
+        # written. Ids are deterministic, so re-running the same command finishes the job.
+        log.error("ingest into %s failed after writing %d points: %s", target, writer.written, exc)
+        report.error = f"{type(exc).__name__}: {exc}"
     finally:
         bar.close()
         writer.close()
+        report.written = writer.written
         report.elapsed_s = time.perf_counter() - t0
     return report
 

@@ -204,3 +204,39 @@ def test_manifest_captions_and_metadata_become_payload(store, tiny_embedder, cor
     assert red["caption"] == "manifest caption" and red["year"] == 2021 and red["tags"] == ["warm"]
     grey = store.retrieve("photos", [point_id("grey.png")])[0].payload
     assert grey["source"] == "scanner" and grey["caption"] is None
+
+
+class _StoreThatGoesDown:
+    """Delegates to a real store; after `healthy_upserts` upserts, every upsert fails with a 503."""
+
+    def __init__(self, inner, healthy_upserts: int):
+        self.inner, self.left, self.calls = inner, healthy_upserts, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def upsert(self, name, points):
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        self.calls += 1
+        if self.left <= 0:
+            raise UnexpectedResponse(503, "Service Unavailable", b"overloaded", {})
+        self.left -= 1
+        return self.inner.upsert(name, points)
+
+
+def test_store_down_after_retries_reports_what_was_written_and_a_rerun_finishes(store, tiny_embedder, corpus):
+    from mmrag.store.retry import RetryingStore, RetryPolicy
+
+    flaky = _StoreThatGoesDown(store, healthy_upserts=1)
+    retrying = RetryingStore(flaky, RetryPolicy(attempts=3, initial_seconds=0.01, max_seconds=1.0), sleep=lambda s: None)
+    report = _ingest(retrying, tiny_embedder, corpus)
+
+    assert not report.ok and "StoreUnavailable" in report.error and "3 attempts" in report.error
+    assert report.written == SMALL.write_batch_size == store.count("photos")  # one batch landed
+    assert flaky.calls == 1 + 3  # the good write, then three attempts at the next batch
+    assert "written before the failure: 3 points" in report.summary()
+
+    again = _ingest(store, tiny_embedder, corpus)
+    assert again.ok and again.unchanged == 3 and again.indexed == len(GOOD_IMAGES) - 3
+    assert set(all_points(store, "photos", with_vectors=False)) == {point_id(r) for r in GOOD_IMAGES}
