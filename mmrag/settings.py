@@ -55,8 +55,8 @@ class Settings(BaseSettings):
 
     torch_threads: int = Field(
         default=0, ge=0, validation_alias=AliasChoices("MMRAG_TORCH_THREADS", "torch_threads"),
-        # On 2 cores with 12-MP JPEGs, 1 model thread beside the decode pool measured 8.0 images/s
-        # against 4.3 with torch's default 2 (the threads contend); small images favour the default.
+        # 12-MP JPEGs on 2 idle cores: torch's default (2) gave 10.3 images/s end-to-end, 1 gave 7.9;
+        # while other work loaded the machine, 1 thread held up better (8.0 against 4.3).
         description="CPU threads for the model; 0 keeps torch's default.",
     )
 
