@@ -119,6 +119,9 @@ class MultimodalRetriever(BaseRetriever):
         }
         if args["target"] not in ("image", "text", "fused"):
             raise ValueError(f"target must be 'image', 'text' or 'fused', not {args['target']!r}")
+        if args["target"] == "fused" and args["score_threshold"] is not None:
+            # RRF scores are ranks, not cosines: a cosine threshold cannot apply to them.
+            raise ValueError("score_threshold applies to cosine scores; it is not supported with target='fused'")
         return args
 
     def _documents(self, points: Sequence[Any], args: dict[str, Any], collection: str) -> list[Document]:
@@ -154,21 +157,14 @@ class MultimodalRetriever(BaseRetriever):
             "hnsw_ef": self.hnsw_ef,
         }
 
-    def _fused_threshold(self, points: list[Any], args: dict[str, Any]) -> list[Any]:
-        # RRF scores are ranks, not cosines: a cosine threshold cannot apply to them.
-        if args["score_threshold"] is not None:
-            raise ValueError("score_threshold applies to cosine scores; it is not supported with target='fused'")
-        return points
-
     def search(self, query: Query, **kwargs: Any) -> list[Document]:
         """Like `invoke`, but accepts image objects and per-call options directly."""
         args = self._search_args(kwargs)
         vec = self.embed_query(query, args["query_type"]).tolist()
         collection = self.store.resolve(self.collection)
         if args["target"] == "fused":
-            points = self._fused_threshold(
-                self.store.search_fused(collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)),
-                args,
+            points = self.store.search_fused(
+                collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
             )
         else:
             points = self.store.search(collection, vec, **self._search_kwargs(args))
@@ -180,11 +176,8 @@ class MultimodalRetriever(BaseRetriever):
         vec = (await asyncio.to_thread(self.embed_query, query, args["query_type"])).tolist()
         collection = await asyncio.to_thread(self.store.resolve, self.collection)
         if args["target"] == "fused":
-            points = self._fused_threshold(
-                await self.store.asearch_fused(
-                    collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
-                ),
-                args,
+            points = await self.store.asearch_fused(
+                collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
             )
         else:
             points = await self.store.asearch(collection, vec, **self._search_kwargs(args))

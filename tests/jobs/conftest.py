@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from mmrag.corpus.types import SkippedFile
 from mmrag.embedders.base import ModelInfo
-from mmrag.store import CollectionSpec, EdgeStore, QdrantClientStore, check_compatible
+from mmrag.ingest import IngestReport, ensure_collection
+from mmrag.store import EdgeStore, QdrantClientStore
 
 DIM = 8
 
@@ -43,35 +45,6 @@ def pid(rel: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, rel))
 
 
-@dataclass
-class FakeReport:
-    collection: str
-    model_id: str
-    indexed: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    pruned: int = 0
-    failed: list[Any] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "collection": self.collection,
-            "indexed": self.indexed,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "pruned": self.pruned,
-            "failed": [{"path": p, "reason": r} for p, r in self.failed],
-            "failed_count": len(self.failed),
-            "ok": self.ok,
-            "error": self.error,
-        }
-
-
 class FakeIngest:
     """`run_ingest` stand-in over a folder of small text files ("images")."""
 
@@ -82,17 +55,11 @@ class FakeIngest:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, store, embedder, *, root: Path | None, collection: str, manifest=None, prune=False,
-                 options=None, progress=True, tag_labels=None) -> FakeReport:
+                 options=None, progress=True, tag_labels=None) -> IngestReport:
         self.calls.append(dict(collection=collection, root=root, prune=prune, options=options, tag_labels=tag_labels))
         info = embedder.info
-        target = store.resolve(collection)
-        wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id)
-        existing = store.get_spec(target)
-        if existing is None:
-            store.create_collection(wanted)
-        else:
-            check_compatible(existing, wanted)
-        rep = FakeReport(collection=target, model_id=info.model_id)
+        target = ensure_collection(store, embedder, collection)  # the real check, as run_ingest does
+        rep = IngestReport(collection=target, model_id=info.model_id)
         stored: dict[str, str] = {}
         offset = None
         while True:
@@ -108,7 +75,7 @@ class FakeIngest:
             data = path.read_bytes()
             seen.add(pid(rel))
             if data.startswith(b"BROKEN"):
-                rep.failed.append((rel, "cannot decode"))
+                rep.failed.append(SkippedFile(rel, "cannot decode"))
                 continue
             sha = hashlib.sha256(data).hexdigest()
             if stored.get(pid(rel)) == sha:
