@@ -304,15 +304,14 @@ def _unchanged_by_stat(item: CorpusItem, old: dict[str, Any]) -> bool:
         old.get("file_size") == item.file_size
         and isinstance(mtime, (int, float))
         and abs(mtime - item.mtime) <= _MTIME_TOLERANCE_S
-        and old.get("caption") == item.caption
-        and _same_metadata(item, old)
+        and _same_annotations(item, old)
     )
 
 
-def _same_metadata(item: CorpusItem, old: dict[str, Any]) -> bool:
-    """Manifest metadata unchanged? (Compared as stored: the store's JSON-safe form.)"""
+def _same_annotations(item: CorpusItem, old: dict[str, Any]) -> bool:
+    """Caption and manifest metadata unchanged? (Metadata compared in the store's JSON-safe form.)"""
     stored = {k: v for k, v in old.items() if k not in _INGEST_OWNED}
-    return stored == payload_metadata(item.metadata)
+    return old.get("caption") == item.caption and stored == payload_metadata(item.metadata)
 
 
 def _batched_decoded(
@@ -333,10 +332,11 @@ def _batched_decoded(
             report.failed.append(result)
             bar.update(1)
             continue
-        old = state.get(point_id(result.item.rel_path))
-        if old is not None and old.get("sha256") == result.sha256 and old.get("caption") == result.item.caption and _same_metadata(result.item, old):
+        pid = point_id(result.item.rel_path)
+        old = state.get(pid)
+        if old is not None and old.get("sha256") == result.sha256 and _same_annotations(result.item, old):
             # Touched but identical content: refresh the stat fields only, no embedding.
-            store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [point_id(result.item.rel_path)])
+            store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [pid])
             report.unchanged += 1
             bar.update(1)
             continue
