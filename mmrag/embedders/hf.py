@@ -12,6 +12,9 @@ from PIL import Image
 
 from mmrag.embedders.base import ModelInfo
 from mmrag.embedders.device import pick_device
+from mmrag.embedders.transform import ClipTransform, ensure_rgb
+
+__all__ = ["HFClipEmbedder", "ensure_rgb", "l2_normalize", "projected_features", "quiet_transformers"]
 
 # Tokenizers saved without a limit report a huge sentinel as model_max_length.
 _UNSET_MAX_LENGTH = 10_000
@@ -55,24 +58,6 @@ def l2_normalize(features: torch.Tensor) -> np.ndarray:
     feats = features.float()
     feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return feats.cpu().numpy().astype(np.float32, copy=False)
-
-
-def ensure_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of an image; transparency is composited onto white.
-
-    This matches transformers' PIL-backend `convert_rgb`. Used for processors that do
-    not convert to RGB themselves.
-    """
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _model_classes(backend: str):
@@ -143,6 +128,8 @@ class HFClipEmbedder:
             processor = AutoProcessor.from_pretrained(source)
         self.image_processor = processor.image_processor
         self._processor_converts_rgb = bool(getattr(self.image_processor, "do_convert_rgb", False))
+        # The processor's own steps as a picklable table-driven transform, when they allow it.
+        self.transform = ClipTransform.from_processor(self.image_processor)
         self.tokenizer = processor.tokenizer
         self.batch_size = batch_size
         self.text_batch_size = text_batch_size
@@ -184,49 +171,21 @@ class HFClipEmbedder:
         """Side to request from JPEG draft decoding when fast preprocessing is on, else None."""
         return self.info.extra.get("draft_size")
 
+    @property
+    def portable_preprocess(self) -> ClipTransform | None:
+        """`preprocess` as a picklable object that needs neither torch nor transformers, or None."""
+        return self.transform
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        # The model's own image processor, one image at a time: exact by construction,
-        # and it keeps no state between calls, so decode threads may share it. Non-RGB
-        # input is left to the processor's own conversion (its backends differ on alpha)
-        # unless the processor was configured not to convert.
+        # Bit-identical to the model's image processor (tested); thread-safe, no state.
+        if self.transform is not None:
+            return self.transform(image)
+        # A processor the transform cannot mirror: call it as is. Non-RGB input is left to
+        # its own conversion unless it was configured not to convert.
         if image.mode != "RGB" and not self._processor_converts_rgb:
             image = ensure_rgb(image)
-        size = self._exact_resize_size(image)
-        if size is not None:
-            # Same PIL resize the processor would run, done on the PIL image directly: the
-            # processor's numpy round trip of a full-size photo costs more than the resize.
-            image = image.resize(size, resample=self.image_processor.resample)
-            batch = self.image_processor(images=image, do_resize=False, return_tensors="np")
-        else:
-            batch = self.image_processor(images=image, return_tensors="np")
+        batch = self.image_processor(images=image, return_tensors="np")
         return np.asarray(batch["pixel_values"][0], dtype=np.float32)
-
-    def _exact_resize_size(self, image: Image.Image) -> tuple[int, int] | None:
-        """(width, height) the PIL-backend processor would resize an RGB `image` to, or None.
-
-        None (use the processor as is) for any configuration whose resize could differ
-        when done first: another backend, non-RGB input, a reducing gap, longest_edge.
-        """
-        proc = self.image_processor
-        if image.mode != "RGB" or getattr(proc, "backend", None) != "pil" or not getattr(proc, "do_resize", False):
-            return None
-        if getattr(proc, "reducing_gap", None) is not None or not isinstance(proc.resample, int):
-            return None
-        size = proc.size or {}
-        keys = {k for k, v in dict(size).items() if v is not None}
-        if keys == {"shortest_edge"}:
-            from transformers.image_transforms import get_resize_output_image_size
-
-            # The processor's own formula; a zero-stride array stands in for the pixels.
-            stand_in = np.broadcast_to(np.uint8(0), (3, image.height, image.width))
-            height, width = get_resize_output_image_size(
-                stand_in, size=size["shortest_edge"], default_to_square=False, input_data_format="channels_first"
-            )
-        elif keys == {"height", "width"}:
-            height, width = size["height"], size["width"]
-        else:
-            return None
-        return int(width), int(height)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.asarray(pixels, dtype=np.float32)
