@@ -36,6 +36,7 @@ def _app(args: argparse.Namespace):
         "device": getattr(args, "device", None),
         "batch_size": getattr(args, "batch_size", None),
         "workers": getattr(args, "workers", None),
+        "decode_executor": getattr(args, "decode_executor", None),
         "torch_threads": getattr(args, "torch_threads", None),
         "quantize": getattr(args, "quantize", None),
         "fast_preprocess": getattr(args, "fast_preprocess", None),
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="delete points of files that no longer exist")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="decode workers (0 = one per core)")
+    p.add_argument("--decode-executor", choices=["auto", "thread", "process"],
+                   help="decode pool: auto (processes on a GPU, threads on CPU) [MMRAG_DECODE_EXECUTOR]")
     p.add_argument("--torch-threads", type=int, help="CPU threads for the model (0 = torch default) [MMRAG_TORCH_THREADS]")
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation on CPU")
     p.add_argument("--fast-preprocess", action=argparse.BooleanOptionalAction, default=None,

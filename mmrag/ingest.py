@@ -43,6 +43,7 @@ class IngestOptions:
     text_batch_size: int = 128
     write_batch_size: int = 256
     workers: int = 0
+    decode_executor: str = "auto"  # "thread" | "process" | "auto": see decode_plan
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_pixels: int = 89_478_485
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
@@ -57,6 +58,7 @@ class IngestOptions:
             text_batch_size=settings.text_batch_size,
             write_batch_size=settings.write_batch_size,
             workers=settings.workers,
+            decode_executor=settings.decode_executor,
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             draft_size=draft,
@@ -76,6 +78,7 @@ class IngestReport:
     failed: list[SkippedFile] = field(default_factory=list)
     elapsed_s: float = 0.0
     error: str | None = None  # a run-level failure (not a per-file one)
+    decode_executor: str | None = None  # the decode pool that ran: "thread" or "process"
 
     @property
     def embedded(self) -> int:
@@ -105,6 +108,7 @@ class IngestReport:
             "images_per_s": round(self.images_per_s, 2),
             "ok": self.ok,
             "error": self.error,
+            "decode_executor": self.decode_executor,
         }
 
     def summary(self) -> str:
@@ -123,6 +127,28 @@ class IngestReport:
             lines.append(f"  ERROR: {self.error}")
             lines.append(f"  written before the failure: {self.written} points; re-run the same command to finish")
         return "\n".join(lines)
+
+
+def decode_plan(choice: str, embedder: Embedder) -> tuple[str, Callable[[Any], np.ndarray]]:
+    """(executor, preprocess) for the decode pool.
+
+    "process" needs the embedder's `portable_preprocess` (picklable, no model inside);
+    "auto" takes processes when the model runs on a GPU and such a preprocess exists,
+    threads otherwise: on CPU the decode shares the cores with the model anyway.
+    """
+    portable = getattr(embedder, "portable_preprocess", None)
+    if choice == "auto":
+        choice = "process" if portable is not None and embedder.device != "cpu" else "thread"
+    if choice == "thread":
+        return "thread", embedder.preprocess
+    if choice != "process":
+        raise ValueError(f"decode_executor must be auto, thread or process, got {choice!r}")
+    if portable is None:
+        raise ValueError(
+            f"decode_executor='process' needs a preprocess that runs without the model, and "
+            f"{embedder.info.model_id} ({embedder.info.backend}) has none; use 'thread' or 'auto'"
+        )
+    return "process", portable
 
 
 def ensure_collection(store: VectorStore, embedder: Embedder, collection: str) -> str:
@@ -220,6 +246,8 @@ def run_ingest(
     info = embedder.info
     t0 = time.perf_counter()
     report = IngestReport(collection=collection, model_id=info.model_id)
+    executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
+    report.decode_executor = executor
 
     target = ensure_collection(store, embedder, collection)
     report.collection = target
@@ -254,9 +282,10 @@ def run_ingest(
         stream = decode_stream(
             todo,
             workers=opts.workers,
+            executor=executor,
             max_file_bytes=opts.max_file_bytes,
             max_image_pixels=opts.max_image_pixels,
-            preprocess=embedder.preprocess,
+            preprocess=preprocess,
             draft_size=opts.draft_size,
             # Decode the next batch while the model embeds this one: a window smaller than a
             # batch would stall the pool during every model call. Bounded: memory stays flat.

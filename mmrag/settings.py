@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     write_batch_size: int = Field(default=256, ge=1, validation_alias=AliasChoices("MMRAG_WRITE_BATCH_SIZE", "write_batch_size"))
     workers: int = Field(default=0, ge=0, validation_alias=AliasChoices("MMRAG_WORKERS", "workers"),
                          description="Decode workers; 0 picks one per CPU core.")
+    decode_executor: Literal["auto", "thread", "process"] = Field(
+        default="auto", validation_alias=AliasChoices("MMRAG_DECODE_EXECUTOR", "decode_executor"),
+        # auto: processes when the model runs on a GPU (decode is then the bottleneck, and on a
+        # 16-core H100 host 16 decode threads reached only ~3 cores' worth: the GIL), threads on
+        # CPU, where decode shares the cores with the model anyway.
+        description="Decode pool: thread, process, or auto (process on a GPU, thread on CPU).",
+    )
     max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MMRAG_MAX_FILE_BYTES", "max_file_bytes"))
     max_image_pixels: int = Field(default=89_478_485, ge=1, validation_alias=AliasChoices("MMRAG_MAX_IMAGE_PIXELS", "max_image_pixels"),
                                   description="Decompression-bomb limit (PIL's default).")

@@ -24,14 +24,19 @@ Only SAFE_FORMATS are tried on untrusted bytes: no EPS (Pillow would run Ghostsc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
+import multiprocessing
 import os
+import pickle
+import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -133,58 +138,118 @@ def load_rgb(
         raise ImageDecodeError(f"unreadable: {_describe(exc)}") from exc
 
 
+DECODE_EXECUTORS = ("thread", "process")
+DECODER_DIED = "unreadable: the decoder process died on this file"
+
+
 def decode_stream(
     items: Iterable[CorpusItem | SkippedFile],
     *,
     workers: int = 0,
+    executor: str = "thread",
     max_file_bytes: int,
     max_image_pixels: int,
     preprocess: Preprocess | None = None,
     draft_size: int | None = None,
     max_in_flight: int | None = None,
 ) -> Iterator[DecodedImage | SkippedFile]:
-    """Decode `items` on a thread pool, yielding results in input order.
+    """Decode `items` on a pool of threads or processes, yielding results in input order.
 
-    Pillow releases the GIL while decoding and resizing, so threads scale on
-    cores without pickling images between processes. At most `max_in_flight`
-    (default 4 × workers) items are submitted ahead of the consumer, so memory
-    stays bounded on any corpus size. SkippedFile inputs pass through in place.
-    `workers=0` means one per CPU core. Closing the generator early cancels
-    pending work.
+    - "thread": Pillow releases the GIL while decoding and resizing, so threads share
+      a few cores well without pickling anything; the Python between those calls still
+      takes the GIL, so threads stop scaling on many cores.
+    - "process": workers that scale with cores, for feeding a GPU. `preprocess` must
+      pickle (a bound method of a loaded model does not; `ClipTransform` does). A
+      worker that dies (a decoder crash, the OOM killer) costs only the file it was
+      on: the pool is rebuilt, the files in flight are re-run one at a time, and the
+      one that kills a worker again is skipped with DECODER_DIED.
+
+    At most `max_in_flight` (default 4 × workers) items are submitted ahead of the
+    consumer, so memory stays bounded on any corpus size. SkippedFile inputs pass
+    through in place. `workers=0` means one per CPU core. Closing the generator early
+    cancels pending work.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if executor not in DECODE_EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(DECODE_EXECUTORS)}, got {executor!r}")
     n_workers = workers or os.cpu_count() or 1
     window = max_in_flight if max_in_flight is not None else 4 * n_workers
     if window < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {window}")
+    if executor == "process" and preprocess is not None:
+        try:
+            pickle.dumps(preprocess)
+        except Exception as exc:
+            raise ValueError(
+                f"executor='process' needs a preprocess that pickles, and {preprocess!r} does not "
+                f"({_describe(exc)}); pass the embedder's portable_preprocess, or use executor='thread'"
+            ) from exc
+    job = functools.partial(
+        decode_image,
+        max_file_bytes=max_file_bytes,
+        max_image_pixels=max_image_pixels,
+        preprocess=preprocess,
+        draft_size=draft_size,
+    )
 
-    pending: deque[Future[DecodedImage | SkippedFile] | SkippedFile] = deque()
+    def new_pool() -> Executor:
+        if executor == "thread":
+            return ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mmrag-decode")
+        # spawn: a fresh interpreter that imports only what the job needs (no torch, no
+        # forked locks), on every platform
+        return ProcessPoolExecutor(
+            max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_process_worker_init
+        )
+
+    # Each entry: a result already known, or (item, future) still running.
+    pending: deque[DecodedImage | SkippedFile | tuple[CorpusItem, Future]] = deque()
+    pool = new_pool()
 
     def ready() -> bool:
         head = pending[0]
-        return isinstance(head, SkippedFile) or head.done()
+        return not isinstance(head, tuple) or head[1].done()
 
     def pop() -> DecodedImage | SkippedFile:
         head = pending.popleft()
-        return head if isinstance(head, SkippedFile) else head.result()
+        if not isinstance(head, tuple):
+            return head
+        try:
+            return head[1].result()
+        except BrokenProcessPool:
+            pending.appendleft(head)
+            recover()
+            return pending.popleft()  # type: ignore[return-value]  # recover() resolved every entry
 
-    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="mmrag-decode")
+    def recover() -> None:
+        """A worker died: rebuild the pool, then re-run each unfinished entry alone to find the culprit."""
+        nonlocal pool
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool = new_pool()
+        for i, entry in enumerate(pending):
+            if not isinstance(entry, tuple):
+                continue
+            item, future = entry
+            if future.done() and future.exception() is None:
+                pending[i] = future.result()
+                continue
+            try:
+                pending[i] = pool.submit(job, item).result()
+            except BrokenProcessPool:
+                log.warning("a decode worker died on %s; skipping it", item.rel_path)
+                pending[i] = SkippedFile(item.rel_path, DECODER_DIED)
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+
     try:
         for item in items:
             if isinstance(item, SkippedFile):
                 pending.append(item)
             elif isinstance(item, CorpusItem):
-                pending.append(
-                    pool.submit(
-                        decode_image,
-                        item,
-                        max_file_bytes=max_file_bytes,
-                        max_image_pixels=max_image_pixels,
-                        preprocess=preprocess,
-                        draft_size=draft_size,
-                    )
-                )
+                try:
+                    pending.append((item, pool.submit(job, item)))
+                except BrokenProcessPool:  # the pool died since the last check
+                    pending.append((item, _broken_future()))
             else:
                 raise TypeError(f"decode_stream expects CorpusItem or SkippedFile, got {type(item).__name__}")
             # Hand over whatever is already finished, then block only when the window is full.
@@ -196,9 +261,20 @@ def decode_stream(
             yield pop()
     finally:
         for entry in pending:
-            if isinstance(entry, Future):
-                entry.cancel()
+            if isinstance(entry, tuple):
+                entry[1].cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_worker_init() -> None:
+    # Ctrl-C is the parent's to handle: it cancels the work and shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _broken_future() -> Future:
+    future: Future = Future()
+    future.set_exception(BrokenProcessPool("the decode pool was broken when this file was submitted"))
+    return future
 
 
 # --------------------------------------------------------------------------- internals

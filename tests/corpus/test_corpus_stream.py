@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrag.corpus.decode import decode_stream
+from mmrag.corpus.decode import DECODER_DIED, decode_stream
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 
 from .helpers import LIMIT_BYTES, LIMIT_PIXELS, item_for
@@ -26,14 +27,30 @@ def _mean_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)[..., 0]
 
 
+def _grey_or_die(image: Image.Image) -> np.ndarray:
+    """Kills its worker process on grey levels 5 and 9, as a crashing decoder would."""
+    level = int(np.asarray(image)[0, 0, 0])
+    if level in (5, 9):
+        os._exit(3)
+    return _mean_grey(image)
+
+
+def _pid_of_worker(image: Image.Image) -> np.ndarray:
+    return np.array([os.getpid(), int(np.asarray(image)[0, 0, 0])])
+
+
+@pytest.fixture(params=["thread", "process"])
+def executor(request) -> str:
+    return request.param
+
+
 def _stream(items, **kwargs):
     kwargs.setdefault("workers", 2)
-    return decode_stream(
-        items, max_file_bytes=LIMIT_BYTES, max_image_pixels=LIMIT_PIXELS, preprocess=_mean_grey, **kwargs
-    )
+    kwargs.setdefault("preprocess", _mean_grey)
+    return decode_stream(items, max_file_bytes=LIMIT_BYTES, max_image_pixels=LIMIT_PIXELS, **kwargs)
 
 
-def test_order_is_preserved_and_skips_do_not_stop_the_stream(tmp_path):
+def test_order_is_preserved_and_skips_do_not_stop_the_stream(tmp_path, executor):
     good = _grey_images(tmp_path, 12)
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     (tmp_path / "empty.png").write_bytes(b"")
@@ -41,7 +58,7 @@ def test_order_is_preserved_and_skips_do_not_stop_the_stream(tmp_path):
     items = good[:3] + [item_for(tmp_path / "bad.jpg")] + good[3:7] + [upstream_skip]
     items += [item_for(tmp_path / "empty.png"), item_for(tmp_path / "gone.png")] + good[7:]
 
-    results = list(_stream(items, max_in_flight=3))
+    results = list(_stream(items, max_in_flight=3, executor=executor))
 
     assert [r.rel_path if isinstance(r, SkippedFile) else r.item.rel_path for r in results] == [
         x.rel_path for x in items
@@ -77,7 +94,7 @@ def test_workers_zero_uses_all_cores_and_runs_on_pool_threads(tmp_path):
 
 
 @pytest.mark.parametrize("window", [1, 4])
-def test_in_flight_work_is_bounded(tmp_path, window):
+def test_in_flight_work_is_bounded(tmp_path, window, executor):
     items = _grey_images(tmp_path, 20)
     pulled = 0
 
@@ -87,7 +104,7 @@ def test_in_flight_work_is_bounded(tmp_path, window):
             pulled += 1
             yield item
 
-    for index, result in enumerate(_stream(source(), max_in_flight=window)):
+    for index, result in enumerate(_stream(source(), max_in_flight=window, executor=executor)):
         assert int(result.pixels[0, 0]) == index
         # never more than `window` items taken from upstream ahead of the consumer
         assert pulled <= index + window
@@ -96,7 +113,7 @@ def test_in_flight_work_is_bounded(tmp_path, window):
     assert pulled == 20
 
 
-def test_closing_early_stops_pulling_items(tmp_path):
+def test_closing_early_stops_pulling_items(tmp_path, executor):
     items = _grey_images(tmp_path, 3)
     pulled = 0
 
@@ -107,15 +124,45 @@ def test_closing_early_stops_pulling_items(tmp_path):
                 pulled += 1
                 yield item
 
-    stream = _stream(endless(), max_in_flight=4)
+    stream = _stream(endless(), max_in_flight=4, executor=executor)
     first = [next(stream) for _ in range(5)]
     stream.close()
     assert [int(r.pixels[0, 0]) for r in first] == [0, 1, 2, 0, 1]
     assert pulled <= 5 + 4
 
 
-def test_bad_arguments(tmp_path):
+def test_bad_arguments(tmp_path, executor):
     with pytest.raises(ValueError, match="workers must be >= 0"):
-        list(_stream([], workers=-1))
+        list(_stream([], workers=-1, executor=executor))
     with pytest.raises(TypeError, match="expects CorpusItem or SkippedFile, got str"):
-        list(_stream(["not-an-item"]))
+        list(_stream(["not-an-item"], executor=executor))
+
+
+def test_unknown_executor_and_unpicklable_preprocess_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="executor must be one of thread, process, got 'fork'"):
+        list(_stream([], executor="fork"))
+    with pytest.raises(ValueError, match=r"executor='process' needs a preprocess that pickles.*portable_preprocess"):
+        list(_stream([], executor="process", preprocess=lambda image: _mean_grey(image)))
+
+
+def test_process_workers_decode_in_other_processes(tmp_path):
+    items = _grey_images(tmp_path, 8)
+    results = list(_stream(items, executor="process", preprocess=_pid_of_worker))
+    pids = {int(r.pixels[0]) for r in results}
+    assert [int(r.pixels[1]) for r in results] == list(range(8))
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+@pytest.mark.parametrize("window", [1, 6])
+def test_a_dying_worker_costs_only_its_own_file(tmp_path, window):
+    items = _grey_images(tmp_path, 14)  # grey levels 5 and 9 kill their worker
+    results = list(_stream(items, executor="process", max_in_flight=window, preprocess=_grey_or_die))
+    assert [r.rel_path if isinstance(r, SkippedFile) else r.item.rel_path for r in results] == [
+        i.rel_path for i in items
+    ]
+    skipped = [(r.rel_path, r.reason) for r in results if isinstance(r, SkippedFile)]
+    assert skipped == [("img005.png", DECODER_DIED), ("img009.png", DECODER_DIED)]
+    assert [int(r.pixels[0, 0]) for r in results if isinstance(r, DecodedImage)] == [
+        level for level in range(14) if level not in (5, 9)
+    ]
+

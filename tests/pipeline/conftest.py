@@ -98,6 +98,10 @@ class CountingEmbedder:
     def preprocess(self, image):
         return self.inner.preprocess(image)
 
+    @property
+    def portable_preprocess(self):
+        return getattr(self.inner, "portable_preprocess", None)
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self.fail_after_batches is not None and self.pixel_batches >= self.fail_after_batches:
             raise KeyboardInterrupt

@@ -37,9 +37,16 @@ def test_ingest_json_report_then_unchanged_rerun(env, capsys):
     assert report["indexed"] == len(GOOD_IMAGES) and report["failed_count"] == len(BAD_FILES)
     assert sorted(f["path"] for f in report["failed"]) == sorted(BAD_FILES)
     assert all(f["reason"] for f in report["failed"])
+    assert report["decode_executor"] == "thread"  # auto, with the model on CPU
 
     code, again = run_json(capsys, "ingest", str(env["corpus"]), "-c", "photos")
     assert (code, again["indexed"], again["unchanged"]) == (0, 0, len(GOOD_IMAGES))
+
+
+def test_ingest_decode_executor_flag(env, capsys):
+    code, report = run_json(capsys, "ingest", str(env["corpus"]), "-c", "photos", "--decode-executor", "process")
+    assert (code, report["decode_executor"], report["indexed"]) == (0, "process", len(GOOD_IMAGES))
+    assert sorted(f["path"] for f in report["failed"]) == sorted(BAD_FILES)
 
 
 def test_ingest_prints_a_human_summary(env, capsys):

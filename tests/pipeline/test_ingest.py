@@ -240,3 +240,45 @@ def test_store_down_after_retries_reports_what_was_written_and_a_rerun_finishes(
     again = _ingest(store, tiny_embedder, corpus)
     assert again.ok and again.unchanged == 3 and again.indexed == len(GOOD_IMAGES) - 3
     assert set(all_points(store, "photos", with_vectors=False)) == {point_id(r) for r in GOOD_IMAGES}
+
+
+def test_process_decode_pool_stores_the_same_points_as_threads(store, tiny_embedder, corpus):
+    threads = _ingest(store, tiny_embedder, corpus)
+    processes = run_ingest(store, tiny_embedder, root=corpus, collection="photos-p", progress=False,
+                           options=IngestOptions(batch_size=2, write_batch_size=3, workers=2, decode_executor="process"))
+    assert (threads.decode_executor, processes.decode_executor) == ("thread", "process")
+    assert processes.indexed == threads.indexed == len(GOOD_IMAGES)
+    assert [(f.rel_path, f.reason) for f in processes.failed] == [(f.rel_path, f.reason) for f in threads.failed]
+    a, b = all_points(store, "photos"), all_points(store, "photos-p")
+    assert set(a) == set(b)
+    for pid, rec in a.items():
+        other = b[pid]
+        assert {k: v for k, v in rec.payload.items() if k != "ingested_at"} == {
+            k: v for k, v in other.payload.items() if k != "ingested_at"
+        }
+        # the workers run the same bit-identical preprocess, so the vectors agree to float precision
+        np.testing.assert_allclose(other.vector["image"], rec.vector["image"], atol=1e-6, rtol=0)
+
+
+class _NoPortablePreprocess(CountingEmbedder):
+    portable_preprocess = None  # like the cn_clip adapter, whose preprocess needs its package
+
+
+def test_decode_plan_picks_processes_only_where_they_can_run(tiny_embedder):
+    from mmrag.ingest import decode_plan
+
+    assert decode_plan("auto", tiny_embedder) == ("thread", tiny_embedder.preprocess)  # CPU model
+    assert decode_plan("process", tiny_embedder) == ("process", tiny_embedder.portable_preprocess)
+
+    gpu = CountingEmbedder(tiny_embedder)
+    gpu.device = "cuda"
+    assert decode_plan("auto", gpu) == ("process", tiny_embedder.portable_preprocess)
+    assert decode_plan("thread", gpu)[0] == "thread"
+
+    plain = _NoPortablePreprocess(tiny_embedder)
+    plain.device = "cuda"
+    assert decode_plan("auto", plain) == ("thread", plain.preprocess)
+    with pytest.raises(ValueError, match=r"decode_executor='process' needs a preprocess that runs without the model.*use 'thread'"):
+        decode_plan("process", plain)
+    with pytest.raises(ValueError, match="decode_executor must be auto, thread or process, got 'fork'"):
+        decode_plan("fork", tiny_embedder)
