@@ -181,14 +181,26 @@ class TimedStore:
             self.upserts += 1
 
 
-def _breakdown(wall: float, emb: TimedEmbedder, workers: int) -> dict[str, Any]:
-    """Where the time went: model share of the wall clock, and the decode threads' preprocess time."""
+def _breakdown(wall: float, emb: TimedEmbedder, workers: int, executor: str) -> dict[str, Any]:
+    """Where the time went: model share of the wall clock, and the decode pool's preprocess time.
+
+    Worker processes' preprocess time is not visible from here: None for them.
+    """
     return {
         "model_s": round(emb.seconds["embed_pixels"], 3),
         "model_busy": round(emb.seconds["embed_pixels"] / wall, 3) if wall else 0.0,
-        "preprocess_thread_s": round(emb.seconds["preprocess"], 3),
+        "preprocess_thread_s": round(emb.seconds["preprocess"], 3) if executor == "thread" else None,
         "decode_workers": workers,
+        "decode_executor": executor,
     }
+
+
+def _decode_plan(p: dict[str, Any], emb: TimedEmbedder) -> tuple[str, Any]:
+    """The product's choice of decode pool; thread pools get the timed preprocess."""
+    from mmrag.ingest import decode_plan
+
+    executor, preprocess = decode_plan(p.get("executor", "auto"), emb._inner)
+    return executor, (emb.preprocess if executor == "thread" else preprocess)
 
 
 def _ingest_options(p: dict[str, Any], embedder: Any) -> Any:
@@ -197,6 +209,7 @@ def _ingest_options(p: dict[str, Any], embedder: Any) -> Any:
     return IngestOptions(
         batch_size=int(p["batch_size"]),
         workers=int(p.get("workers", 0)),
+        decode_executor=p.get("executor", "auto"),
         draft_size=embedder.draft_size if p.get("fast") else None,
     )
 
@@ -238,14 +251,16 @@ def phase_decode_only(p: dict[str, Any]) -> dict[str, Any]:
     emb = TimedEmbedder(load_bench_embedder(p))
     items = list(iter_corpus(Path(p["corpus"])))
     draft = emb.draft_size if p.get("fast") else None
-    with timed() as t:
+    executor, preprocess = _decode_plan(p, emb)
+    with timed() as t:  # a process pool's start-up is inside: ingestion pays it too
         ok = sum(
             isinstance(r, DecodedImage)
-            for r in decode_stream(items, workers=int(p.get("workers", 0)), max_file_bytes=1 << 30,
-                                   max_image_pixels=1 << 31, preprocess=emb.preprocess, draft_size=draft)
+            for r in decode_stream(items, workers=int(p.get("workers", 0)), executor=executor, max_file_bytes=1 << 30,
+                                   max_image_pixels=1 << 31, preprocess=preprocess, draft_size=draft)
         )
     return _result(images=ok, seconds=round(t["s"], 3), images_per_s=round(rate(ok, t["s"]), 2),
-                   preprocess_thread_s=round(emb.seconds["preprocess"], 3))
+                   preprocess_thread_s=round(emb.seconds["preprocess"], 3) if executor == "thread" else None,
+                   decode_executor=executor)
 
 
 def phase_e2e(p: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +280,8 @@ def phase_e2e(p: dict[str, Any]) -> dict[str, Any]:
     workers = opts.workers or os.cpu_count() or 1
     return _result(
         images=report.embedded, seconds=round(t["s"], 3), images_per_s=round(rate(report.embedded, t["s"]), 2),
-        upsert_s=round(store.upsert_s, 3), upserts=store.upserts, **_breakdown(t["s"], emb, workers),
+        upsert_s=round(store.upsert_s, 3), upserts=store.upserts,
+        **_breakdown(t["s"], emb, workers, report.decode_executor or "thread"),
     )
 
 
@@ -293,10 +309,11 @@ def phase_pipeline(p: dict[str, Any]) -> dict[str, Any]:
     items = list(iter_corpus(Path(p["corpus"])))
     workers = int(p.get("workers", 0)) or os.cpu_count() or 1
     draft = inner.draft_size if p.get("fast") else None
+    executor, preprocess = _decode_plan(p, emb)
     size, done, batch = int(p["batch_size"]), 0, []
     with timed() as t:
-        for r in decode_stream(items, workers=workers, max_file_bytes=1 << 30, max_image_pixels=1 << 31,
-                               preprocess=emb.preprocess, draft_size=draft, max_in_flight=max(4 * workers, 2 * size)):
+        for r in decode_stream(items, workers=workers, executor=executor, max_file_bytes=1 << 30, max_image_pixels=1 << 31,
+                               preprocess=preprocess, draft_size=draft, max_in_flight=max(4 * workers, 2 * size)):
             if isinstance(r, DecodedImage):
                 batch.append(r.pixels)
             if len(batch) >= size:
@@ -307,7 +324,7 @@ def phase_pipeline(p: dict[str, Any]) -> dict[str, Any]:
             done += len(batch)
         _sync(inner.device)
     return _result(images=done, seconds=round(t["s"], 3), images_per_s=round(rate(done, t["s"]), 2),
-                   **_breakdown(t["s"], emb, workers))
+                   **_breakdown(t["s"], emb, workers, executor))
 
 
 def phase_naive(p: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +537,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quantize", choices=["int8"], default=None, help="CPU dynamic int8 quantisation (adds a fidelity report)")
     ap.add_argument("--fast-preprocess", action="store_true", help="JPEG draft decoding (adds a fidelity report and verdict)")
     ap.add_argument("--batch-size", default="32", help="ingest batch size, or 'auto' (double until OOM or <5%% gain)")
-    ap.add_argument("--workers", type=int, default=0, help="decode threads (0 = one per core)")
+    ap.add_argument("--workers", type=int, default=0, help="decode workers (0 = one per core)")
+    ap.add_argument("--decode-executor", default="auto", metavar="auto|thread|process[,...]",
+                    help="decode pool(s) to measure; the first is the one the ratios use, others are compared (default auto)")
     ap.add_argument("--photos", type=int, default=64, help="12-MP JPEGs in the photo corpus (0 skips it)")
     ap.add_argument("--mixed", type=int, default=256, help="images in the mixed small/medium corpus (0 skips it)")
     ap.add_argument("--photo-size", default="4000x3000", help="photo size WxH (default 4000x3000)")
@@ -552,8 +571,9 @@ def _check(checks: list[dict[str, Any]], name: str, value: float | None, target:
 
 def measure_arch(args: argparse.Namespace, arch: str, corpora: dict[str, Path], cache: Path, log: Any) -> dict[str, Any]:
     model_dir = make_clip_dir(cache, arch)
+    executors = [e.strip() for e in args.decode_executor.split(",") if e.strip()]
     base = {"model_dir": str(model_dir), "device": args.device, "quantize": args.quantize,
-            "fast": args.fast_preprocess, "workers": args.workers, "threads": args.threads}
+            "fast": args.fast_preprocess, "workers": args.workers, "threads": args.threads, "executor": executors[0]}
     res: dict[str, Any] = {"model_dir": str(model_dir)}
     if args.batch_size == "auto":
         log(f"[{arch}] batch size: auto")
@@ -588,6 +608,13 @@ def measure_arch(args: argparse.Namespace, arch: str, corpora: dict[str, Path], 
                 r["rerun"] = run_phase(MODULE, "rerun", {**base, "corpus": str(folder), "home": str(home)})
             finally:
                 shutil.rmtree(home, ignore_errors=True)
+        for other in executors[1:]:
+            log(f"[{arch}/{name}] decode pool: {other}")
+            alt = r.setdefault("other_executors", {})[other] = {
+                "decode_only": run_phase(MODULE, "decode_only", {**base, "executor": other, "corpus": str(folder)}),
+                "e2e": run_phase(MODULE, "pipeline", {**base, "executor": other, "corpus": str(folder)}),
+            }
+            alt["e2e"]["kind"] = "pipeline (no store)"
         if not args.no_naive:
             log(f"[{arch}/{name}] naive loop")
             r["naive"] = run_phase(MODULE, "naive", {**base, "files": files, "limit": args.naive_limit})
@@ -636,7 +663,7 @@ def render(results: dict[str, Any]) -> str:
     lines = []
     cfg = results["config"]
     lines.append(f"mmrag ingest benchmark  device={cfg['device']} ({cfg['device_name']})  cores={cfg['cpu_count']}  "
-                 f"quantize={cfg['quantize']}  fast_preprocess={cfg['fast_preprocess']}  store={'no' if cfg['no_store'] else 'EdgeStore'}")
+                 f"quantize={cfg['quantize']}  fast_preprocess={cfg['fast_preprocess']}  store={'no' if cfg['no_store'] else 'EdgeStore'}  decode={cfg.get('decode_executor', 'auto')}")
     head = f"{'arch/corpus':<14}{'n':>5}{'batch':>6}{'model':>9}{'decode':>9}{'e2e':>9}{'naive':>8}{'e2e/mdl':>9}{'e2e/bnd':>9}{'e2e/nv':>8}{'rerun s':>9}  peak RSS MiB (model/e2e/naive)"
     lines += ["", "images/s", head, "-" * len(head)]
     for arch, res in results["archs"].items():
@@ -654,8 +681,13 @@ def render(results: dict[str, Any]) -> str:
         for name, r in res["corpora"].items():
             e = r["e2e"]
             lines.append(f"[{arch}/{name}] {e['kind']}: model busy {e['model_busy']:.0%} of the wall clock "
-                         f"({e['model_s']:.1f} s of {e['seconds']:.1f} s); preprocess on {e['decode_workers']} decode threads "
-                         f"{e['preprocess_thread_s']:.1f} thread-s" + (f"; store upserts {e['upsert_s']:.2f} s (writer thread)" if "upsert_s" in e else ""))
+                         f"({e['model_s']:.1f} s of {e['seconds']:.1f} s); {_pool_text(e)}"
+                         + (f"; store upserts {e['upsert_s']:.2f} s (writer thread)" if "upsert_s" in e else ""))
+            for other, alt in r.get("other_executors", {}).items():
+                lines.append(f"[{arch}/{name}] {other} pool instead: decode-only {alt['decode_only']['images_per_s']:.1f}, "
+                             f"{alt['e2e']['kind']} {alt['e2e']['images_per_s']:.1f} images/s "
+                             f"(model busy {alt['e2e']['model_busy']:.0%}); {e.get('decode_executor', 'thread')} pool: "
+                             f"decode-only {r['decode_only']['images_per_s']:.1f}, e2e {e['images_per_s']:.1f}")
             if "rerun" in r:
                 rr = r["rerun"]
                 lines.append(f"[{arch}/{name}] re-run: {rr['seconds']:.2f} s, {rr['unchanged']} unchanged, "
@@ -705,6 +737,12 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pool_text(e: dict[str, Any]) -> str:
+    if e.get("decode_executor", "thread") == "thread":
+        return f"preprocess on {e['decode_workers']} decode threads {e['preprocess_thread_s']:.1f} thread-s"
+    return f"decode + preprocess in {e['decode_workers']} worker processes (start-up included)"
+
+
 def _device_name(device: str) -> str:
     if device == "cpu":
         return platform.processor() or platform.machine()
@@ -738,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device, "device_name": _device_name(args.device), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(), "quantize": args.quantize,
             "fast_preprocess": args.fast_preprocess, "no_store": args.no_store, "workers": args.workers,
+            "decode_executor": args.decode_executor,
             "threads": args.threads, "batch_size": args.batch_size, "argv": sys.argv[1:] if argv is None else argv,
         },
         "archs": {},

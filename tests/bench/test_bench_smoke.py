@@ -119,6 +119,13 @@ def test_phases_run_on_a_tiny_model(params: dict[str, object], corpora: dict[str
 
     pipe = bench.phase_pipeline({**params, "corpus": str(corpora["mixed"]), "fast": True})
     assert pipe["images"] == 6
+    assert pipe["decode_executor"] == "thread" and pipe["preprocess_thread_s"] > 0  # auto, on CPU
+
+    for phase in (bench.phase_decode_only, bench.phase_pipeline):
+        procs = phase({**params, "corpus": str(corpora["mixed"]), "executor": "process"})
+        assert (procs["images"], procs["decode_executor"], procs["preprocess_thread_s"]) == (6, "process", None)
+    e2e_procs = bench.phase_e2e({**params, "corpus": str(corpora["photos"]), "home": str(tmp_path / "h2"), "executor": "process"})
+    assert (e2e_procs["images"], e2e_procs["decode_executor"]) == (4, "process")
 
     naive = bench.phase_naive({**params, "files": photos, "limit": 2})
     assert naive["images"] == 2
@@ -153,6 +160,9 @@ def test_render_and_checks_from_real_phase_output(params: dict[str, object], cor
     }
     r["e2e_vs_model"] = round(r["e2e"]["images_per_s"] / r["model_only"]["images_per_s"], 3)
     r["e2e_vs_naive"] = None
+    procs = {**params, "corpus": str(corpora["photos"]), "executor": "process"}
+    r["other_executors"] = {"process": {"decode_only": bench.phase_decode_only(procs),
+                                        "e2e": {**bench.phase_pipeline(procs), "kind": "pipeline (no store)"}}}
     results = {
         "config": {"device": "cpu", "device_name": "test", "cpu_count": 2, "quantize": None, "fast_preprocess": False,
                    "no_store": args.no_store},
@@ -163,6 +173,10 @@ def test_render_and_checks_from_real_phase_output(params: dict[str, object], cor
     bench._check(results["checks"], "tiny/photos end-to-end >= 85% of model-only", r["e2e_vs_model"], 0.85)
     text = bench.render(results)
     assert "tiny/photos" in text and "pipeline (no store)" in text
+    alt = r["other_executors"]["process"]
+    assert (f"[tiny/photos] process pool instead: decode-only {alt['decode_only']['images_per_s']:.1f}, "
+            f"pipeline (no store) {alt['e2e']['images_per_s']:.1f} images/s") in text
+    assert f"thread pool: decode-only {r['decode_only']['images_per_s']:.1f}, e2e {r['e2e']['images_per_s']:.1f}" in text
     expected = "PASS" if r["e2e_vs_model"] >= 0.85 else "FAIL"
     assert f"{expected}  tiny/photos end-to-end >= 85% of model-only" in text
 
