@@ -453,37 +453,13 @@ def phase_recall(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def phase_batch_auto(p: dict[str, Any]) -> dict[str, Any]:
-    """Double the batch until out of memory or less than 5% gain; returns the best size."""
-    import torch
+    """The product's batch tuning: double until out of memory or less than 5% gain."""
+    from mmrag.embedders.tuning import tune_batch_size
 
     emb = load_bench_embedder({**p, "batch_size": 1})
-    size = emb.info.image_size
-    trials, best_bs, best_ips = [], 0, 0.0
-    bs = int(p.get("start", 16))
-    while bs <= int(p.get("max", 1024)):
-        emb.batch_size = bs
-        try:
-            pixels = np.random.default_rng(0).standard_normal((bs, 3, size, size), dtype=np.float32)
-            emb.embed_pixels(pixels)  # warm-up at this size
-            _sync(emb.device)
-            done, elapsed = 0, 0.0
-            while elapsed < float(p.get("min_seconds", 1.0)) or done == 0:
-                with timed() as t:
-                    emb.embed_pixels(pixels)
-                    _sync(emb.device)
-                done, elapsed = done + bs, elapsed + t["s"]
-        except torch.cuda.OutOfMemoryError:
-            trials.append({"batch_size": bs, "images_per_s": None, "oom": True})
-            torch.cuda.empty_cache()
-            break
-        ips = rate(done, elapsed)
-        trials.append({"batch_size": bs, "images_per_s": round(ips, 2)})
-        if ips > best_ips * 1.05:
-            best_bs, best_ips = bs, ips
-        elif best_bs:
-            break
-        bs *= 2
-    return _result(best=best_bs, best_images_per_s=round(best_ips, 2), trials=trials)
+    tuned = tune_batch_size(emb, start=int(p.get("start", 16)), limit=int(p.get("max", 1024)),
+                            min_seconds=float(p.get("min_seconds", 1.0)))
+    return _result(best=tuned.best, best_images_per_s=round(tuned.best_images_per_s, 2), trials=tuned.trials)
 
 
 def phase_rss_ingest(p: dict[str, Any]) -> dict[str, Any]:

@@ -48,12 +48,19 @@ class App:
 
                 torch.set_num_threads(self.settings.torch_threads)
 
-            self._embedders[name] = load_embedder(
+            embedder = load_embedder(
                 name,
                 device=self.settings.device,
                 quantize=self.settings.quantize,
                 fast_preprocess=self.settings.fast_preprocess,
+                batch_size=self.settings.batch_size,
+                text_batch_size=self.settings.text_batch_size,
             )
+            if self.settings.auto_batch and embedder.device != "cpu":
+                from .embedders.tuning import tune_batch_size
+
+                tune_batch_size(embedder, start=self.settings.batch_size)
+            self._embedders[name] = embedder
         return self._embedders[name]
 
     def close(self) -> None:

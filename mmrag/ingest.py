@@ -54,7 +54,8 @@ class IngestOptions:
         if getattr(settings, "fast_preprocess", False) and embedder is not None:
             draft = embedder.info.image_size
         return cls(
-            batch_size=settings.batch_size,
+            # the embedder's own batch: on a GPU it may have been tuned up from the setting
+            batch_size=getattr(embedder, "batch_size", settings.batch_size),
             text_batch_size=settings.text_batch_size,
             write_batch_size=settings.write_batch_size,
             workers=settings.workers,

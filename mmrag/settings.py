@@ -62,6 +62,12 @@ class Settings(BaseSettings):
 
     # --- ingestion ----------------------------------------------------------
     batch_size: int = Field(default=32, ge=1, validation_alias=AliasChoices("MMRAG_BATCH_SIZE", "batch_size"))
+    auto_batch: bool = Field(
+        default=True, validation_alias=AliasChoices("MMRAG_AUTO_BATCH", "auto_batch"),
+        # H100, ViT-B/32 fp16: 4,951 images/s at 32, 14,077 at 128, 15,052 at 256, 15,463 at 512.
+        description="On a GPU, double the image batch from MMRAG_BATCH_SIZE while images/s grows >= 5% "
+                    "and memory allows, once per model load. Out-of-memory always halves the batch.",
+    )
     text_batch_size: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_TEXT_BATCH_SIZE", "text_batch_size"))
     write_batch_size: int = Field(default=256, ge=1, validation_alias=AliasChoices("MMRAG_WRITE_BATCH_SIZE", "write_batch_size"))
     workers: int = Field(default=0, ge=0, validation_alias=AliasChoices("MMRAG_WORKERS", "workers"),

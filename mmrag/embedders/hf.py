@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -13,8 +14,11 @@ from PIL import Image
 from mmrag.embedders.base import ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
+from mmrag.embedders.tuning import is_out_of_memory
 
 __all__ = ["HFClipEmbedder", "ensure_rgb", "l2_normalize", "projected_features", "quiet_transformers"]
+
+log = logging.getLogger(__name__)
 
 # Tokenizers saved without a limit report a huge sentinel as model_max_length.
 _UNSET_MAX_LENGTH = 10_000
@@ -194,15 +198,31 @@ class HFClipEmbedder:
         if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         out = []
+        start = 0
         with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.batch_size]))
-                if self.device.startswith("cuda"):
-                    # page-locked staging lets the copy run as DMA; the fp16 cast happens on the GPU
-                    chunk = chunk.pin_memory().to(self.device, non_blocking=True)
-                chunk = chunk.to(device=self.device, dtype=self.dtype)
-                out.append(l2_normalize(projected_features(self.model.get_image_features(pixel_values=chunk))))
+            while start < len(pixels):
+                size = self.batch_size
+                try:
+                    out.append(self._image_vectors(pixels[start : start + size]))
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or size == 1:
+                        raise
+                    # Out of device memory: halve the batch for this and every later call.
+                    self.batch_size = size // 2
+                    log.warning("out of memory at image batch %d on %s; using %d from now on", size, self.device, self.batch_size)
+                    if self.device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                    continue
+                start += size
         return np.concatenate(out, axis=0)
+
+    def _image_vectors(self, pixels: np.ndarray) -> np.ndarray:
+        chunk = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.startswith("cuda"):
+            # page-locked staging lets the copy run as DMA; the fp16 cast happens on the GPU
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+        chunk = chunk.to(device=self.device, dtype=self.dtype)
+        return l2_normalize(projected_features(self.model.get_image_features(pixel_values=chunk)))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if len(images) == 0:
