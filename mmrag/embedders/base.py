@@ -40,7 +40,12 @@ class ModelInfo:
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns images and texts into L2-normalised float32 vectors of one space."""
+    """Turns images and texts into L2-normalised float32 vectors of one space.
+
+    Optional, looked up with getattr by ingestion: `portable_preprocess`, a picklable
+    equivalent of `preprocess` that needs no model (lets decode run in worker
+    processes), and `batch_size`, the images per model call.
+    """
 
     info: ModelInfo
     device: str
