@@ -14,7 +14,7 @@ from PIL import Image
 from mmrag.embedders.base import ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
-from mmrag.embedders.tuning import is_out_of_memory
+from mmrag.embedders.tuning import is_out_of_memory, release_cached_memory
 
 __all__ = ["HFClipEmbedder", "ensure_rgb", "l2_normalize", "projected_features", "quiet_transformers"]
 
@@ -210,8 +210,7 @@ class HFClipEmbedder:
                     # Out of device memory: halve the batch for this and every later call.
                     self.batch_size = size // 2
                     log.warning("out of memory at image batch %d on %s; using %d from now on", size, self.device, self.batch_size)
-                    if self.device.startswith("cuda"):
-                        torch.cuda.empty_cache()
+                    release_cached_memory(self.device)
                     continue
                 start += size
         return np.concatenate(out, axis=0)

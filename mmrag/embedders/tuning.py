@@ -66,7 +66,7 @@ def tune_batch_size(
             if not (isinstance(exc, _BackedOff) or is_out_of_memory(exc)):
                 raise
             trials.append({"batch_size": size, "images_per_s": None, "oom": True})
-            _release_cached_memory(embedder)
+            release_cached_memory(embedder.device)
             break
         ips = done / elapsed if elapsed > 0 else float("inf")
         trials.append({"batch_size": size, "images_per_s": round(ips, 2)})
@@ -86,8 +86,9 @@ class _BackedOff(Exception):
     pass
 
 
-def _release_cached_memory(embedder: Any) -> None:
-    if str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+def release_cached_memory(device: str) -> None:
+    """Hand the blocks torch's CUDA allocator keeps cached back after an out-of-memory."""
+    if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.empty_cache()
