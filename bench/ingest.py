@@ -435,7 +435,7 @@ def _t2i_recall(img: np.ndarray, txt: np.ndarray, captions: list[str], ks: tuple
 
 def phase_recall(p: dict[str, Any]) -> dict[str, Any]:
     """t2i recall of the bundled reference model, fp32 vs int8, on its own held-out recipe."""
-    from mmrag.datasets.synthetic import generate
+    from mmrag.training.synthetic import generate
 
     model_dir = Path(p["model_dir"])
     metrics = json.loads((model_dir / "metrics.json").read_text())

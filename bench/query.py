@@ -381,7 +381,7 @@ def measure_retriever(
     given_vectors: bool = False,
 ) -> dict[str, Any]:
     """`MultimodalRetriever.invoke` per text query (with `given_vectors`: per store query vector)."""
-    from mmrag.retriever import MultimodalRetriever
+    from mmrag.retrieval import MultimodalRetriever
 
     if given_vectors:
         embedder = VectorFeeder(work.warmup + work.vectors)  # time_calls runs the warm-up first

@@ -13,7 +13,8 @@ tests/pipeline/test_agents.py drives the same loop with a scripted fake model.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -52,7 +53,7 @@ def run_agent(chat_model: Any, tools: Sequence[BaseTool], question: str, *, max_
 
 def main() -> None:  # pragma: no cover - needs a real chat model
     from mmrag.app import App
-    from mmrag.retriever import MultimodalRetriever
+    from mmrag.retrieval import MultimodalRetriever
 
     parser = argparse.ArgumentParser()
     parser.add_argument("question")

@@ -10,12 +10,12 @@ and path as text beside it so the model can cite what it saw.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage
 
-from mmrag.store.convert import image_content_block
+from mmrag.retrieval import image_content_block
 
 
 def build_multimodal_message(question: str, docs: Sequence[Document]) -> HumanMessage:

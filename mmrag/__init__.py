@@ -22,12 +22,12 @@ _EXPORTS = {
     "run_ingest": "mmrag.ingest",
     "IngestOptions": "mmrag.ingest",
     "IngestReport": "mmrag.ingest",
-    "MultimodalRetriever": "mmrag.retriever",
-    "MultimodalEmbeddings": "mmrag.retriever",
-    "ZeroShotClassifier": "mmrag.classify",
-    "classify": "mmrag.classify",
-    "image_similarity": "mmrag.classify",
-    "image_text_similarity": "mmrag.classify",
+    "MultimodalRetriever": "mmrag.retrieval",
+    "MultimodalEmbeddings": "mmrag.retrieval",
+    "ZeroShotClassifier": "mmrag.tasks.classify",
+    "classify": "mmrag.tasks.classify",
+    "image_similarity": "mmrag.tasks.classify",
+    "image_text_similarity": "mmrag.tasks.classify",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import Settings, get_settings
+from mmrag.settings import Settings, get_settings
 
 
 @dataclass
@@ -21,8 +21,8 @@ class App:
     @property
     def store(self) -> Any:
         if self._store is None:
-            from .store import open_store
-            from .store.retry import RetryingStore, RetryPolicy
+            from mmrag.store import open_store
+            from mmrag.store.retry import RetryingStore, RetryPolicy
 
             store = open_store(self.settings)
             if self.settings.qdrant_url and self.settings.qdrant_url != ":memory:":
@@ -41,7 +41,7 @@ class App:
         """Load (once per process) the model: explicit > the collection's own > settings default."""
         name = model or (self.collection_model(collection) if collection else None) or self.settings.model
         if name not in self._embedders:
-            from .embedders import load_embedder
+            from mmrag.embedders import load_embedder
 
             if self.settings.torch_threads:
                 import torch
@@ -57,7 +57,7 @@ class App:
                 text_batch_size=self.settings.text_batch_size,
             )
             if self.settings.auto_batch and embedder.device != "cpu":
-                from .embedders.tuning import tune_batch_size
+                from mmrag.embedders.tuning import tune_batch_size
 
                 tune_batch_size(embedder, start=self.settings.batch_size)
             self._embedders[name] = embedder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     device: str = Field(
         default="auto", validation_alias=AliasChoices("MMRAG_DEVICE", "device")
     )
-    quantize: Optional[Literal["int8"]] = Field(
+    quantize: Literal["int8"] | None = Field(
         default=None, validation_alias=AliasChoices("MMRAG_QUANTIZE", "quantize")
     )
     fast_preprocess: bool = Field(
@@ -89,13 +89,13 @@ class Settings(BaseSettings):
     hnsw_ef: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_HNSW_EF", "hnsw_ef"))
 
     # --- remote Qdrant ------------------------------------------------------
-    qdrant_url: Optional[str] = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
-    qdrant_api_key: Optional[str] = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))
+    qdrant_url: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
+    qdrant_api_key: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))
     qdrant_prefer_grpc: bool = Field(default=False, validation_alias=AliasChoices("QDRANT_PREFER_GRPC", "qdrant_prefer_grpc"))
-    qdrant_https: Optional[bool] = Field(default=None, validation_alias=AliasChoices("QDRANT_HTTPS", "qdrant_https"))
+    qdrant_https: bool | None = Field(default=None, validation_alias=AliasChoices("QDRANT_HTTPS", "qdrant_https"))
     qdrant_timeout: float = Field(default=30.0, gt=0, validation_alias=AliasChoices("QDRANT_TIMEOUT", "qdrant_timeout"))
-    shard_number: Optional[int] = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_SHARD_NUMBER", "shard_number"))
-    replication_factor: Optional[int] = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_REPLICATION_FACTOR", "replication_factor"))
+    shard_number: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_SHARD_NUMBER", "shard_number"))
+    replication_factor: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_REPLICATION_FACTOR", "replication_factor"))
 
     # --- retries (remote store) ---------------------------------------------
     retry_attempts: int = Field(default=6, ge=1, validation_alias=AliasChoices("MMRAG_RETRY_ATTEMPTS", "retry_attempts"))

@@ -4,15 +4,15 @@
     python pipelines/train_reference.py --variants en --n-train 2000 --epochs 1   # smoke run
 
 Steps (all seeded):
-1. render the synthetic training corpus (mmrag.datasets.synthetic, 64x64 PNGs + a
+1. render the synthetic training corpus (mmrag.training.synthetic, 64x64 PNGs + a
    manifest per language). 75% of the captions are the full scene caption, 15% the
    zero-shot prompt form "a photo of a red circle." and 10% "a photo of a small red
    circle." (first object), so the text tower learns the prompt template;
-2. build a small random-init model (mmrag.scratch, "small" preset: CLIP with a
+2. build a small random-init model (mmrag.training.scratch, "small" preset: CLIP with a
    1500-merge BPE vocab for English, Chinese-CLIP with a reduced BERT vocab for Chinese);
-3. train it with mmrag.finetune (CLIP objective, AdamW, warmup + cosine);
+3. train it with mmrag.training.finetune (CLIP objective, AdamW, warmup + cosine);
 4. evaluate on a held-out gallery of 500 images rendered with a seed different from
-   training (mmrag.finetune.evaluate_synthetic): text->image recall@1/@5, where a hit
+   training (mmrag.training.finetune.evaluate_synthetic): text->image recall@1/@5, where a hit
    is any retrieved image whose attributes equal the query's (i.e. the relevant set is
    every gallery image with the same caption; captions name shape, colour, size and
    position of every object plus the background, so duplicates are rare), and
@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmrag.datasets import synthetic  # noqa: E402
-from mmrag.finetune import FinetuneConfig, evaluate_synthetic, finetune  # noqa: E402
+from mmrag.training import synthetic  # noqa: E402
+from mmrag.training.finetune import FinetuneConfig, evaluate_synthetic, finetune  # noqa: E402
 
 VARIANTS = {
     "en": {"name": "clip-shapes-en", "arch": "clip"},

@@ -6,10 +6,10 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from .decode import ImageDecodeError, decode_image, decode_stream, load_rgb, to_rgb
-from .manifest import read_manifest
-from .scan import IMAGE_EXTENSIONS, scan_folder, sidecar_caption, sniff_image_signature
-from .types import CorpusItem, DecodedImage, SkippedFile
+from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, load_rgb, to_rgb
+from mmrag.corpus.manifest import read_manifest
+from mmrag.corpus.scan import IMAGE_EXTENSIONS, scan_folder, sidecar_caption, sniff_image_signature
+from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 
 __all__ = [
     "IMAGE_EXTENSIONS",

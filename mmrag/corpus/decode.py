@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .types import CorpusItem, DecodedImage, SkippedFile
+from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
+from mmrag.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _open_formats() -> tuple[str, ...]:
     return _available_formats
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UsageError):
     """Raised by `load_rgb`; `reason` is the SkippedFile reason text."""
 
     def __init__(self, reason: str) -> None:

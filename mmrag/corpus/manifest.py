@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .scan import to_rel_path
-from .types import CorpusItem, SkippedFile
+from mmrag.corpus.scan import to_rel_path
+from mmrag.corpus.types import CorpusItem, SkippedFile
 
 PATH_COLUMN = "path"
 CAPTION_COLUMN = "caption"
@@ -117,7 +117,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         # utf-8-sig: Excel writes a BOM that would otherwise glue itself to the first column name.
-        with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:

@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from .types import CorpusItem, SkippedFile
+from mmrag.corpus.types import CorpusItem, SkippedFile
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,8 @@ torch/transformers load only when an embedder is built.
 
 from __future__ import annotations
 
-
-class BackendUnavailable(RuntimeError):
-    """An embedding backend cannot run in this environment (missing or broken package)."""
-
-
-from mmrag.embedders.base import Embedder, ModelInfo  # noqa: E402
-from mmrag.embedders.registry import (  # noqa: E402
+from mmrag.embedders.base import BackendUnavailable, Embedder, ModelInfo
+from mmrag.embedders.registry import (
     DEFAULT_MODEL,
     MODELS,
     ModelSpec,

@@ -6,11 +6,18 @@ friendly names and prefixes to them. Nothing here knows about the store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from mmrag.errors import RunFailed
+
+
+class BackendUnavailable(RunFailed):
+    """An embedding backend cannot run in this environment (missing or broken package)."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ recommended path.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders import BackendUnavailable
-from mmrag.embedders.base import ModelInfo
+from mmrag.embedders.base import BackendUnavailable, ModelInfo
 from mmrag.embedders.device import pick_device
 
 CN_CLIP_TEXT_LENGTH = 52

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"

@@ -78,7 +78,7 @@ class ClipTransform:
         return out
 
     @classmethod
-    def from_processor(cls, processor: Any) -> "ClipTransform | None":
+    def from_processor(cls, processor: Any) -> ClipTransform | None:
         """The exact transform of a PIL-backend CLIP-style image processor, or None if unsupported."""
         try:
             from transformers.image_processing_backends import PilBackend

@@ -32,10 +32,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mmrag.errors import LockHeldError
+
 __all__ = ["CollectionLock", "LockHeld", "lock_path"]
 
 
-class LockHeld(RuntimeError):
+class LockHeld(LockHeldError, RuntimeError):
     """Another live job holds the collection's lock."""
 
     def __init__(self, collection: str, path: Path, holder: dict[str, Any] | None):
@@ -90,7 +92,7 @@ class CollectionLock:
         self.holder: dict[str, Any] | None = None
         self._fd: int | None = None
 
-    def acquire(self) -> "CollectionLock":
+    def acquire(self) -> CollectionLock:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ class CollectionLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "CollectionLock":
+    def __enter__(self) -> CollectionLock:
         return self.acquire()
 
     def __exit__(

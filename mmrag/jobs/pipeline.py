@@ -22,12 +22,15 @@ library code never reads it itself). Every error names the file and the field.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from mmrag.errors import UsageError
 
 __all__ = [
     "BatchDef",
@@ -45,7 +48,7 @@ _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class PipelineError(ValueError):
+class PipelineError(UsageError):
     """A pipeline file is unreadable or invalid. `errors`: one `file: field: problem` line each."""
 
     def __init__(self, path: Path | str | None, errors: list[str]):
@@ -95,7 +98,7 @@ class SourceDef(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _at_least_one(self) -> "SourceDef":
+    def _at_least_one(self) -> SourceDef:
         if self.folder is None and self.manifest is None:
             raise ValueError("give at least one of 'folder' or 'manifest'")
         return self
@@ -135,7 +138,7 @@ class TaggingDef(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "TaggingDef":
+    def _exactly_one(self) -> TaggingDef:
         if (self.labels is None) == (self.labels_file is None):
             raise ValueError("give exactly one of 'labels' or 'labels_file'")
         return self

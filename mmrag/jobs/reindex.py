@@ -54,9 +54,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from ..store.schema import SchemaMismatch
-from .lock import CollectionLock, LockHeld
-from .pipeline import PipelineDef, next_run
+from mmrag.jobs.lock import CollectionLock, LockHeld
+from mmrag.jobs.pipeline import PipelineDef, next_run
+from mmrag.store.schema import SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,16 @@ class JobSpec:
     options: Any = None  # mmrag.ingest.IngestOptions (None: its defaults)
     tag_labels: list[str] | None = None
     tag_threshold: float | None = None  # with tag_labels: keep labels at least this probable
-    tag_top: int | None = None  # with tag_labels: consider the top N labels (mmrag.tagging's default: 3)
+    tag_top: int | None = None  # with tag_labels: consider the top N labels (mmrag.tasks.tagging's default: 3)
     keep_versions: int = 2
     pipeline: str | None = None  # the pipeline's name, for reports
     model: str | None = None  # the model name the pipeline asked for, for reports
 
     @classmethod
-    def from_pipeline(cls, pdef: PipelineDef, *, options: Any = None) -> "JobSpec":
+    def from_pipeline(cls, pdef: PipelineDef, *, options: Any = None) -> JobSpec:
         """`options`: base IngestOptions (e.g. from settings); the pipeline's `batch` overrides it."""
         if options is None:
-            from ..ingest import IngestOptions
+            from mmrag.ingest import IngestOptions
 
             options = IngestOptions()
         overrides = {
@@ -301,7 +301,7 @@ def list_versions(store: Any, name: str) -> list[tuple[int, str]]:
 
 
 def _default_ingest() -> IngestFn:
-    from ..ingest import run_ingest
+    from mmrag.ingest import run_ingest
 
     return run_ingest
 
@@ -312,8 +312,8 @@ def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, colle
     if spec.tag_labels and (spec.tag_threshold is not None or spec.tag_top is not None):
         # run_ingest's tag_labels uses the tagging defaults; a threshold/top needs our own tagger,
         # which records the labels in the collection's metadata, so the collection must exist first.
-        from ..ingest import ensure_collection
-        from ..tagging import make_ingest_tagger
+        from mmrag.ingest import ensure_collection
+        from mmrag.tasks.tagging import make_ingest_tagger
 
         ensure_collection(store, embedder, collection)
         top = {} if spec.tag_top is None else {"top": spec.tag_top}

@@ -1,12 +1,12 @@
-"""Vector storage: one `VectorStore` contract, two Qdrant backends, and the factory that picks one."""
+"""Vector storage: one `Store` contract, two Qdrant backends, and the factory that picks one."""
 
 from __future__ import annotations
 
-from .base import ThreadedAsyncMixin, VectorStore
-from .client import QdrantClientStore
-from .edge import BOOLEAN_FILTER_MESSAGE, RRF_K, EdgeStore, to_edge_filter
-from .factory import open_store
-from .schema import (
+from mmrag.store.base import Store, ThreadedAsyncMixin
+from mmrag.store.client import QdrantClientStore
+from mmrag.store.edge import BOOLEAN_FILTER_MESSAGE, RRF_K, EdgeStore, to_edge_filter
+from mmrag.store.factory import open_store
+from mmrag.store.schema import (
     IMAGE_VECTOR,
     PAYLOAD_FIELDS,
     PAYLOAD_INDEXES,
@@ -35,7 +35,7 @@ __all__ = [
     "TEXT_VECTOR",
     "ThreadedAsyncMixin",
     "VECTOR_NAMES",
-    "VectorStore",
+    "Store",
     "check_compatible",
     "open_store",
     "to_edge_filter",

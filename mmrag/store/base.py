@@ -8,15 +8,16 @@ Backends: `EdgeStore` (qdrant-edge, embedded on disk, the default),
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from qdrant_client import models
 
-from .schema import CollectionSpec
+from mmrag.store.schema import CollectionSpec
 
 
 @runtime_checkable
-class VectorStore(Protocol):
+class Store(Protocol):
     """Minimal surface mmrag needs from Qdrant. Every backend passes the same tests."""
 
     backend_name: str

@@ -6,13 +6,14 @@ Qdrant aliases, switched atomically by one `update_collection_aliases` call.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from .base import ThreadedAsyncMixin
-from .edge import default_prefetch_limit
-from .schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.base import ThreadedAsyncMixin
+from mmrag.store.edge import default_prefetch_limit
+from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
 
 try:
     from qdrant_client.local.qdrant_local import QdrantLocal
@@ -26,7 +27,7 @@ def _is_local(client: QdrantClient) -> bool:
 
 
 class QdrantClientStore(ThreadedAsyncMixin):
-    """VectorStore over qdrant-client.
+    """Store over qdrant-client.
 
     `async_client`, when given, must talk to the same Qdrant as `client`; then
     `asearch`/`asearch_fused` are truly asynchronous. Without it (always in

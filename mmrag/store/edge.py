@@ -26,15 +26,16 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import qdrant_edge as qe
 from qdrant_client import models
 
-from .base import ThreadedAsyncMixin
-from .schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.base import ThreadedAsyncMixin
+from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -735,7 +736,7 @@ class EdgeStore(ThreadedAsyncMixin):
             for name in list(self._shards):
                 self._close_shard(name)
 
-    def __enter__(self) -> "EdgeStore":
+    def __enter__(self) -> EdgeStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

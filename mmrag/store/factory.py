@@ -7,10 +7,10 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, QdrantClient
 
-from ..settings import Settings
-from .base import VectorStore
-from .client import QdrantClientStore
-from .edge import EdgeStore
+from mmrag.settings import Settings
+from mmrag.store.base import Store
+from mmrag.store.client import QdrantClientStore
+from mmrag.store.edge import EdgeStore
 
 MEMORY_URL = ":memory:"
 
@@ -26,7 +26,7 @@ def _client_kwargs(settings: Settings) -> dict[str, Any]:
     )
 
 
-def open_store(settings: Settings) -> VectorStore:
+def open_store(settings: Settings) -> Store:
     """`QDRANT_URL` set: a Qdrant server (`:memory:`: an in-process one); else the embedded EdgeStore in `home`."""
     if settings.qdrant_url == MEMORY_URL:
         # No async client: a second `:memory:` client would be a different, empty database.

@@ -17,13 +17,14 @@ matched with a closed range, since Qdrant's exact match only takes keywords and 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from qdrant_client import models
 
-from .convert import bool_keyword
+from mmrag.store.convert import bool_keyword
 
 RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
 FIELD_OPERATORS = ("eq", "ne", "in", "nin", "text", *RANGE_OPERATORS)

@@ -15,17 +15,19 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 import tenacity
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from .base import VectorStore
-from .schema import SchemaMismatch
+from mmrag.errors import RunFailed
+from mmrag.store.base import Store
+from mmrag.store.schema import SchemaMismatch
 
 try:  # grpc ships with qdrant-client, but keep the module importable without it
     import grpc
@@ -121,7 +123,7 @@ class RetryPolicy:
             )
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RetryPolicy":
+    def from_settings(cls, settings: Any) -> RetryPolicy:
         return cls(
             attempts=settings.retry_attempts,
             initial_seconds=settings.retry_initial_seconds,
@@ -146,7 +148,7 @@ class RetryPolicy:
         return wait
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(RunFailed):
     """The store kept failing transiently until the retry budget ran out."""
 
     def __init__(self, operation: str, attempts: int, elapsed: float, last_error: BaseException) -> None:
@@ -174,7 +176,7 @@ _ALREADY_DONE: dict[str, Callable[[Any, tuple, dict], bool]] = {"create_collecti
 
 
 class RetryingStore:
-    """A VectorStore proxy that retries every method of the wrapped store on transient errors.
+    """A Store proxy that retries every method of the wrapped store on transient errors.
 
     Non-transient errors propagate unchanged on the first failure. When the policy runs out,
     StoreUnavailable is raised (chained to the last error). `stats` maps operation -> number of
@@ -184,7 +186,7 @@ class RetryingStore:
 
     def __init__(
         self,
-        store: VectorStore,
+        store: Store,
         policy: RetryPolicy | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
@@ -206,7 +208,7 @@ class RetryingStore:
         self._lock = threading.Lock()
 
     @property
-    def inner(self) -> VectorStore:
+    def inner(self) -> Store:
         return self._inner
 
     @property
@@ -292,7 +294,7 @@ class RetryingStore:
 
 
 def _protocol_method(name: str, is_async: bool) -> Callable[..., Any]:
-    """A real class attribute per protocol method, so the proxy satisfies isinstance(…, VectorStore)
+    """A real class attribute per protocol method, so the proxy satisfies isinstance(…, Store)
     also on Pythons whose runtime_checkable uses getattr_static (which ignores __getattr__)."""
     if is_async:
 
@@ -307,11 +309,11 @@ def _protocol_method(name: str, is_async: bool) -> Callable[..., Any]:
 
         wrapper = method
     wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = getattr(VectorStore, name).__doc__
+    wrapper.__doc__ = getattr(Store, name).__doc__
     return wrapper
 
 
-for _name, _member in list(vars(VectorStore).items()):
+for _name, _member in list(vars(Store).items()):
     if callable(_member) and not _name.startswith("_") and _name not in vars(RetryingStore):
         setattr(RetryingStore, _name, _protocol_method(_name, inspect.iscoroutinefunction(_member)))
 del _name, _member

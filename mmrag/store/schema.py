@@ -7,10 +7,13 @@ says how to fix the problem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from qdrant_client import models
+
+from mmrag.errors import UsageError
 
 SCHEMA_VERSION = 1
 
@@ -48,7 +51,7 @@ PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
 }
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(UsageError, RuntimeError):
     """The existing collection was built differently from what is asked now. Not retried."""
 
 
@@ -72,7 +75,7 @@ class CollectionSpec:
         }
 
     @classmethod
-    def from_metadata(cls, name: str, metadata: Mapping[str, Any] | None) -> "CollectionSpec":
+    def from_metadata(cls, name: str, metadata: Mapping[str, Any] | None) -> CollectionSpec:
         md = dict(metadata or {})
         if "mmrag_schema_version" not in md:
             raise SchemaMismatch(

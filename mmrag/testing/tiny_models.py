@@ -8,14 +8,14 @@ BERT vocab), the weights are random but deterministic for a given seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 from mmrag.embedders.hf import quiet_transformers
 from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
-from mmrag.scratch import save_with_processor
+from mmrag.training.scratch import save_with_processor
 
 CLIP_TEXT_MAX_LENGTH = 77
 CHINESE_TEXT_MAX_LENGTH = 52

@@ -85,7 +85,7 @@ def test_cosine_stats_and_recall_against_direct_computation() -> None:
     with pytest.raises(ValueError):
         common.cosine_stats(a, b[:3])
 
-    from mmrag.evaluate import recall_at_k
+    from mmrag.tasks.evaluate import recall_at_k
 
     img, txt = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     captions = ["a", "b", "a", "c", "d", "d"]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pytest
 from PIL import Image
 from qdrant_client import QdrantClient
 
-from mmrag.classify import LABEL_CACHE
 from mmrag.embedders.base import Embedder, ModelInfo
+from mmrag.tasks.classify import LABEL_CACHE
 
 
 class FakeEmbedder:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
-from mmrag.dedup import UnionFind, dedup_report, find_near_duplicates
 from mmrag.store.convert import point_id
 from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec
+from mmrag.tasks.dedup import UnionFind, dedup_report, find_near_duplicates
 
 DIM = 16
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrag.evaluate import (
+from classify.conftest import FakeEmbedder
+from mmrag.tasks.evaluate import (
     eval_retrieval,
     eval_zeroshot,
     mean_reciprocal_rank,
@@ -17,9 +18,7 @@ from mmrag.evaluate import (
     recall_at_k,
     relevance_mask,
 )
-from mmrag.plots import confusion_figure_size
-
-from .conftest import FakeEmbedder
+from mmrag.tasks.plots import confusion_figure_size
 
 SIM = np.array(
     [

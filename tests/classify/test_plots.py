@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrag.classify import Prediction
-from mmrag.plots import (
+from classify.conftest import COLOURS, make_image
+from mmrag.tasks.classify import Prediction
+from mmrag.tasks.plots import (
     classification_figure_size,
     confusion_figure_size,
     plot_classification,
@@ -16,8 +17,6 @@ from mmrag.plots import (
     search_figure_size,
     search_grid_shape,
 )
-
-from .conftest import COLOURS, make_image
 
 
 def test_grid_shape() -> None:

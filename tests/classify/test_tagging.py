@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
-from mmrag.classify import ZeroShotClassifier
+from classify.conftest import FakeEmbedder
 from mmrag.store.convert import point_id
 from mmrag.store.filters import filter_from_dict
 from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, SchemaMismatch
-from mmrag.tagging import make_ingest_tagger, tag_collection, tags_for_vectors
-
-from .conftest import FakeEmbedder
+from mmrag.tasks.classify import ZeroShotClassifier
+from mmrag.tasks.tagging import make_ingest_tagger, tag_collection, tags_for_vectors
 
 LABELS = ["cat", "dog", "car", "tree"]
 TEMPLATES = ["a photo of a {}.", "a {} outdoors."]

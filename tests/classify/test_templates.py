@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrag.templates import (
+from mmrag.tasks.templates import (
     EN_ENSEMBLE,
     TEMPLATE_SETS,
     ZH_ENSEMBLE,

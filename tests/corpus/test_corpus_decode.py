@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corpus.helpers import LIMIT_BYTES, LIMIT_PIXELS, decode_ok, decode_skip, item_for, png_with_header
 from mmrag.corpus.decode import ImageDecodeError, decode_image, load_rgb
 from mmrag.corpus.types import DecodedImage
-
-from .helpers import LIMIT_BYTES, LIMIT_PIXELS, decode_ok, decode_skip, item_for, png_with_header
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -114,7 +114,7 @@ def test_sidecar_captions(tmp_path):
     for name in ["bom.png", "zh.jpg", "blank.png", "bad.png", "both.jpg", "full.png", "none.png"]:
         _write(tmp_path / name, png)
     (tmp_path / "bom.txt").write_bytes("\ufeff  A red square. \n".encode("utf-8"))
-    (tmp_path / "zh.txt").write_bytes("一只在草地上奔跑的狗\n".encode("utf-8"))
+    (tmp_path / "zh.txt").write_bytes("一只在草地上奔跑的狗\n".encode())
     (tmp_path / "blank.txt").write_text("  \n\t", encoding="utf-8")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa not utf-8 \xc3")
     (tmp_path / "both.txt").write_text("stem caption", encoding="utf-8")

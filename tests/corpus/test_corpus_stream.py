@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corpus.helpers import LIMIT_BYTES, LIMIT_PIXELS, item_for
 from mmrag.corpus.decode import DECODER_DIED, decode_stream
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
-
-from .helpers import LIMIT_BYTES, LIMIT_PIXELS, item_for
 
 
 def _grey_images(folder: Path, count: int) -> list[CorpusItem]:

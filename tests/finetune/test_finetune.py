@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mmrag import finetune as ft
-from mmrag.datasets.synthetic import generate, write_corpus
-from mmrag.finetune import FinetuneConfig, finetune
-from mmrag.scratch import build_scratch_model
+from mmrag.training import finetune as ft
+from mmrag.training.finetune import FinetuneConfig, finetune
+from mmrag.training.scratch import build_scratch_model
+from mmrag.training.synthetic import generate, write_corpus
 
 torch.set_num_threads(1)
 

@@ -2,7 +2,7 @@
 
 The gallery seed (4242) differs from the training seed (0) and from the seed used
 for metrics.json (20240917). Recall counts a hit when the retrieved image's
-attributes equal the query's (see mmrag.finetune.evaluate_synthetic).
+attributes equal the query's (see mmrag.training.finetune.evaluate_synthetic).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrag.finetune import evaluate_synthetic
+from mmrag.training.finetune import evaluate_synthetic
 
 REFERENCE = Path(__file__).resolve().parents[2] / "mmrag" / "assets" / "reference"
 TARGETS = {"t2i_recall@1": 0.8, "t2i_recall@5": 0.95, "zero_shot_accuracy": 0.9}

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmrag.datasets import synthetic
-from mmrag.datasets.synthetic import Scene, ShapeObject, generate, render, write_corpus
+from mmrag.training import synthetic
+from mmrag.training.synthetic import Scene, ShapeObject, generate, render, write_corpus
 
 
 def _png(sample) -> bytes:

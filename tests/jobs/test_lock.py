@@ -79,10 +79,9 @@ def test_holder_killed_with_sigkill_is_taken_over_and_reported(tmp_path):
 
 
 def test_sync_reports_a_stale_lock_it_took_over(tmp_path):
+    from jobs.conftest import FakeEmbedder, FakeIngest, make_corpus
     from mmrag.jobs import JobSpec, sync
     from mmrag.store import EdgeStore
-
-    from .conftest import FakeEmbedder, FakeIngest, make_corpus
 
     home = tmp_path / "home"
     proc = _spawn_holder(home, "photos")

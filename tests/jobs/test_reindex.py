@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.conftest import FakeEmbedder, FakeIngest, Reader, make_corpus, pid, vector_for
 from mmrag.embedders.base import ModelInfo
 from mmrag.jobs import (
     CollectionLock,
@@ -21,8 +22,6 @@ from mmrag.jobs import (
     run_scheduler,
     sync,
 )
-
-from .conftest import FakeEmbedder, FakeIngest, Reader, make_corpus, pid, vector_for
 
 
 def _ids(store, name: str) -> set[str]:

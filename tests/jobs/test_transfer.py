@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from qdrant_client import QdrantClient, models
 
+from mmrag.jobs.transfer import export_collection, import_collection, read_export_spec
 from mmrag.store import CollectionSpec, EdgeStore, QdrantClientStore, SchemaMismatch
-from mmrag.transfer import export_collection, import_collection, read_export_spec
 
 DIM = 12
 N = 23

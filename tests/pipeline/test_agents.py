@@ -13,9 +13,8 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 
 from mmrag.ingest import run_ingest
-from mmrag.retriever import MultimodalRetriever
-
-from .conftest import write_corpus
+from mmrag.retrieval import MultimodalRetriever
+from pipeline.conftest import write_corpus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

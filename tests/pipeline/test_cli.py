@@ -10,8 +10,7 @@ import pytest
 
 from mmrag.cli import main
 from mmrag.store.convert import point_id
-
-from .conftest import BAD_FILES, GOOD_IMAGES, expected_caption
+from pipeline.conftest import BAD_FILES, GOOD_IMAGES, expected_caption
 
 
 @pytest.fixture
@@ -101,7 +100,7 @@ def test_errors_are_clear_and_nonzero(env, capsys, tmp_path):
     main(["ingest", str(env["corpus"]), "-c", "photos", "--quiet"])
     capsys.readouterr()
     other = make_tiny_clip(tmp_path / "other-model", seed=3)
-    assert main(["ingest", str(env["corpus"]), "-c", "photos", "--model", str(other), "--quiet"]) == 1
+    assert main(["ingest", str(env["corpus"]), "-c", "photos", "--model", str(other), "--quiet"]) == 2  # a model that does not match the collection is a configuration error
     err = capsys.readouterr().err
     assert "cannot be mixed" in err and "--rebuild" in err
 

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from mmrag.cli import main
-
-from .conftest import BAD_FILES, GOOD_IMAGES
+from pipeline.conftest import BAD_FILES, GOOD_IMAGES
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from mmrag.cli import main
-
-from .conftest import GOOD_IMAGES
+from pipeline.conftest import GOOD_IMAGES
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def run_json(capsys, *argv):
 
 
 def test_classify_folder_matches_the_classifier(env, capsys, tiny_embedder):
-    from mmrag.classify import ZeroShotClassifier
+    from mmrag.tasks.classify import ZeroShotClassifier
 
     res = run_json(capsys, "classify", str(env["corpus"] / "sub"), "--labels", "red,green,blue", "--top-k", "2")
     assert res["labels"] == ["red", "green", "blue"] and res["n"] == 2 and res["n_failed"] == 0
@@ -50,7 +49,7 @@ def test_classify_folder_matches_the_classifier(env, capsys, tiny_embedder):
 
 
 def test_tags_are_filterable_from_cli_and_retriever(env, capsys, tiny_embedder):
-    from mmrag.retriever import MultimodalRetriever
+    from mmrag.retrieval import MultimodalRetriever
     from mmrag.store import EdgeStore
 
     run_json(capsys, "ingest", str(env["corpus"]), "-c", "photos")
@@ -120,7 +119,7 @@ def test_eval_zeroshot_and_retrieval(env, capsys, tiny_embedder):
                                 for p in sorted(root.rglob("*.png"))), encoding="utf-8")
     res = run_json(capsys, "eval", "retrieval", "--manifest", str(manifest), "--ks", "1,2")
     assert (res["n_pairs"], res["n_images"], res["n_texts"]) == (4, 4, 2)
-    from mmrag.evaluate import eval_retrieval
+    from mmrag.tasks.evaluate import eval_retrieval
 
     direct = eval_retrieval(tiny_embedder, manifest, ks=(1, 2)).to_dict()
     for direction in ("image_to_text", "text_to_image"):
@@ -129,7 +128,7 @@ def test_eval_zeroshot_and_retrieval(env, capsys, tiny_embedder):
 
 
 def test_finetune_from_scratch_then_ingest_with_the_result(env, capsys):
-    from mmrag.datasets.synthetic import write_corpus
+    from mmrag.training.synthetic import write_corpus
 
     data = write_corpus(env["tmp"] / "pairs", 48, seed=5, manifest="jsonl", image_size=32)
     out = env["tmp"] / "my-clip"

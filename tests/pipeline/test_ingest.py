@@ -17,8 +17,7 @@ from mmrag.ingest import IngestOptions, run_ingest
 from mmrag.store import EdgeStore
 from mmrag.store.convert import point_id
 from mmrag.store.schema import SchemaMismatch
-
-from .conftest import BAD_FILES, GOOD_IMAGES, CountingEmbedder, all_points, bump_mtime, expected_caption
+from pipeline.conftest import BAD_FILES, GOOD_IMAGES, CountingEmbedder, all_points, bump_mtime, expected_caption
 
 SMALL = IngestOptions(batch_size=2, write_batch_size=3, workers=2)
 
@@ -85,7 +84,7 @@ def test_rerun_touches_no_model_and_changes_are_reembedded_in_place(store, tiny_
 
     # The third run trusts size+mtime again: only the files that failed before are decoded again.
     decoded = []
-    import mmrag.ingest as ingest_module
+    import mmrag.ingest.run as ingest_module
 
     real_stream = ingest_module.decode_stream
     monkeypatch.setattr(ingest_module, "decode_stream", lambda items, **kw: real_stream(decoded.extend(items) or items, **kw))

@@ -13,10 +13,9 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests, Retrie
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from mmrag.ingest import IngestOptions, run_ingest
-from mmrag.retriever import MultimodalEmbeddings, MultimodalRetriever
+from mmrag.retrieval import MultimodalEmbeddings, MultimodalRetriever
 from mmrag.store.convert import point_id
-
-from .conftest import GOOD_IMAGES, all_points, expected_caption, write_corpus
+from pipeline.conftest import GOOD_IMAGES, all_points, expected_caption, write_corpus
 
 
 @pytest.fixture

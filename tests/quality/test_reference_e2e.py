@@ -16,11 +16,11 @@ import json
 import numpy as np
 import pytest
 
-from mmrag.datasets import synthetic
 from mmrag.embedders.registry import REFERENCE_DIR
 from mmrag.ingest import IngestOptions, run_ingest
-from mmrag.retriever import MultimodalRetriever
+from mmrag.retrieval import MultimodalRetriever
 from mmrag.store import EdgeStore
+from mmrag.training import synthetic
 
 pytestmark = pytest.mark.skipif(
     not (REFERENCE_DIR / "clip-shapes-en" / "config.json").is_file(),

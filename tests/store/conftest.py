@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from mmrag.store import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, EdgeStore, QdrantClientStore, VectorStore
+from mmrag.store import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, EdgeStore, QdrantClientStore, Store
 
 DIM = 16
 N_POINTS = 200
@@ -21,14 +22,14 @@ FORMATS = ("jpeg", "png", "webp")
 TAG_POOL = ("cat", "dog", "sky", "sea")
 
 
-def make_store(kind: str, tmp_path: Path, **edge_options: Any) -> VectorStore:
+def make_store(kind: str, tmp_path: Path, **edge_options: Any) -> Store:
     if kind == "edge":
         return EdgeStore(tmp_path / "home", max_search_threads=1, **edge_options)
     return QdrantClientStore(QdrantClient(location=":memory:"))
 
 
 @pytest.fixture(params=["edge", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s = make_store(request.param, tmp_path)
     yield s
     s.close()
@@ -99,7 +100,7 @@ def spec(name: str = COLLECTION, **kw: Any) -> CollectionSpec:
     return CollectionSpec(name=name, dim=DIM, model_id="test/random-16", **kw)
 
 
-def fill(store: VectorStore, data: Dataset, name: str = COLLECTION, batch: int = 64, indexes: bool = True) -> None:
+def fill(store: Store, data: Dataset, name: str = COLLECTION, batch: int = 64, indexes: bool = True) -> None:
     """Create the collection if needed (with mmrag's payload indexes, or none) and upsert `data`."""
     if not store.collection_exists(name):
         # Creating nine payload indexes costs qdrant-edge about a second of fsyncs; tests that
@@ -111,14 +112,14 @@ def fill(store: VectorStore, data: Dataset, name: str = COLLECTION, batch: int =
 
 
 @pytest.fixture
-def filled(store: VectorStore, dataset: Dataset) -> VectorStore:
+def filled(store: Store, dataset: Dataset) -> Store:
     """A fresh store holding `dataset` (without payload indexes), for tests that change it."""
     fill(store, dataset, indexes=False)
     return store
 
 
 @pytest.fixture(scope="module", params=["edge", "memory"])
-def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[VectorStore]:
+def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Iterator[Store]:
     """A store holding `dataset`, shared by the read-only tests of a module (filling a shard costs ~0.5 s)."""
     s = make_store(request.param, tmp_path_factory.mktemp(f"shared-{request.param}"))
     fill(s, dataset)

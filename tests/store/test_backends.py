@@ -1,4 +1,4 @@
-"""Congruence tests: every VectorStore backend gives the answers numpy gives.
+"""Congruence tests: every Store backend gives the answers numpy gives.
 
 Each test runs against EdgeStore (qdrant-edge, in tmp_path) and QdrantClientStore
 (qdrant-client `:memory:`), and checks results against a reference computed
@@ -14,25 +14,25 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
 from mmrag.settings import Settings
-from mmrag.store.schema import CollectionSpec
 from mmrag.store import (
     IMAGE_VECTOR,
     TEXT_VECTOR,
     EdgeStore,
     QdrantClientStore,
-    VectorStore,
+    Store,
     open_store,
 )
-
-from .conftest import (
+from mmrag.store.schema import CollectionSpec
+from store.conftest import (
     COLLECTION,
     DIM,
     N_POINTS,
@@ -72,7 +72,7 @@ def rrf(rankings: list[list[str]], k: int = 2) -> dict[str, float]:
     return fused
 
 
-def scroll_all(store: VectorStore, flt: models.Filter | None = None, page: int = 1000) -> list[models.Record]:
+def scroll_all(store: Store, flt: models.Filter | None = None, page: int = 1000) -> list[models.Record]:
     records: list[models.Record] = []
     offset = None
     while True:
@@ -91,7 +91,7 @@ def queries(n: int, seed: int = 99) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def test_collection_lifecycle(store: VectorStore) -> None:
+def test_collection_lifecycle(store: Store) -> None:
     assert store.list_collections() == []
     assert not store.collection_exists(COLLECTION)
     assert store.get_spec(COLLECTION) is None
@@ -128,7 +128,7 @@ def test_collection_lifecycle(store: VectorStore) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_upsert_with_and_without_text_vector(filled: VectorStore, dataset: Dataset) -> None:
+def test_upsert_with_and_without_text_vector(filled: Store, dataset: Dataset) -> None:
     assert filled.count(COLLECTION) == N_POINTS
     records = filled.retrieve(COLLECTION, dataset.ids, with_vectors=True)
     assert len(records) == N_POINTS
@@ -143,7 +143,7 @@ def test_upsert_with_and_without_text_vector(filled: VectorStore, dataset: Datas
     assert filled.count(COLLECTION) == N_POINTS
 
 
-def test_search_matches_numpy_cosine(shared: VectorStore, dataset: Dataset) -> None:
+def test_search_matches_numpy_cosine(shared: Store, dataset: Dataset) -> None:
     for q in queries(5):
         expected = numpy_ranking(dataset, q, IMAGE_VECTOR)[:25]
         hits = shared.search(COLLECTION, q.tolist(), using=IMAGE_VECTOR, limit=25)
@@ -154,7 +154,7 @@ def test_search_matches_numpy_cosine(shared: VectorStore, dataset: Dataset) -> N
         assert all(h.vector is None for h in hits)
 
 
-def test_search_on_text_returns_only_points_with_text(shared: VectorStore, dataset: Dataset) -> None:
+def test_search_on_text_returns_only_points_with_text(shared: Store, dataset: Dataset) -> None:
     q = queries(1, seed=5)[0]
     hits = shared.search(COLLECTION, q.tolist(), using=TEXT_VECTOR, limit=N_POINTS)
     expected = numpy_ranking(dataset, q, TEXT_VECTOR)
@@ -163,7 +163,7 @@ def test_search_on_text_returns_only_points_with_text(shared: VectorStore, datas
     np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], atol=1e-5)
 
 
-def test_search_with_vectors_and_without_payload(shared: VectorStore, dataset: Dataset) -> None:
+def test_search_with_vectors_and_without_payload(shared: Store, dataset: Dataset) -> None:
     q = queries(1, seed=6)[0]
     hits = shared.search(COLLECTION, q.tolist(), using=IMAGE_VECTOR, limit=3, with_payload=False, with_vectors=[IMAGE_VECTOR])
     for h in hits:
@@ -256,7 +256,7 @@ FILTER_CASES: list[tuple[str, models.Filter, Callable[[int, dict[str, Any]], boo
 
 
 @pytest.mark.parametrize("case", FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
-def test_filters_match_python(shared: VectorStore, dataset: Dataset, case: tuple) -> None:
+def test_filters_match_python(shared: Store, dataset: Dataset, case: tuple) -> None:
     _, flt, predicate = case
     mask = np.array([predicate(i, p) for i, p in enumerate(dataset.payloads)])
     expected_ids = {pid for pid, keep in zip(dataset.ids, mask) if keep}
@@ -272,7 +272,7 @@ def test_filters_match_python(shared: VectorStore, dataset: Dataset, case: tuple
     assert [h.id for h in hits] == [pid for pid, _ in numpy_ranking(dataset, q, IMAGE_VECTOR, mask)]
 
 
-def test_score_threshold(shared: VectorStore, dataset: Dataset) -> None:
+def test_score_threshold(shared: Store, dataset: Dataset) -> None:
     q = queries(1, seed=12)[0]
     ranking = numpy_ranking(dataset, q, IMAGE_VECTOR)
     # a threshold halfway between the 30th and 31st scores: no rounding can move a point across it
@@ -282,7 +282,7 @@ def test_score_threshold(shared: VectorStore, dataset: Dataset) -> None:
     assert all(h.score >= threshold for h in hits)
 
 
-def test_scroll_pages_through_all_points_once(shared: VectorStore, dataset: Dataset) -> None:
+def test_scroll_pages_through_all_points_once(shared: Store, dataset: Dataset) -> None:
     seen: list[str] = []
     pages = 0
     offset = None
@@ -298,7 +298,7 @@ def test_scroll_pages_through_all_points_once(shared: VectorStore, dataset: Data
     assert set(seen) == set(dataset.ids)
 
 
-def test_retrieve_vectors_bit_exact(store: VectorStore) -> None:
+def test_retrieve_vectors_bit_exact(store: Store) -> None:
     store.create_collection(spec(payload_indexes={}))
     rng = np.random.default_rng(3)
     # Components of +-0.25 have a norm of exactly 1 in float32, so cosine normalisation is a no-op
@@ -329,7 +329,7 @@ def test_retrieve_vectors_bit_exact(store: VectorStore) -> None:
     assert store.retrieve(COLLECTION, ["00000000-0000-4000-8000-999999999999"]) == []
 
 
-def test_set_payload(store: VectorStore, dataset: Dataset) -> None:
+def test_set_payload(store: Store, dataset: Dataset) -> None:
     filled = store
     fill(filled, dataset)  # with payload indexes: the filter below runs on the keyword index
     targets = dataset.ids[5:8]
@@ -343,7 +343,7 @@ def test_set_payload(store: VectorStore, dataset: Dataset) -> None:
     assert payload_equal(untouched.payload, dataset.payloads[9])
 
 
-def test_delete_points(filled: VectorStore, dataset: Dataset) -> None:
+def test_delete_points(filled: Store, dataset: Dataset) -> None:
     doomed = dataset.ids[::20]
     filled.delete_points(COLLECTION, doomed)
     assert filled.count(COLLECTION) == N_POINTS - len(doomed)
@@ -355,7 +355,7 @@ def test_delete_points(filled: VectorStore, dataset: Dataset) -> None:
 
 
 @pytest.mark.parametrize("with_filter", [False, True], ids=["all", "filtered"])
-def test_fused_search_is_rrf_of_per_vector_rankings(shared: VectorStore, dataset: Dataset, with_filter: bool) -> None:
+def test_fused_search_is_rrf_of_per_vector_rankings(shared: Store, dataset: Dataset, with_filter: bool) -> None:
     flt = models.Filter(must_not=[_FORMAT("png")]) if with_filter else None
     mask = np.array([p["format"] != "png" for p in dataset.payloads]) if with_filter else None
     prefetch = 15
@@ -387,7 +387,7 @@ def test_fused_search_is_rrf_of_per_vector_rankings(shared: VectorStore, dataset
         np.testing.assert_allclose([h.score for h in top], best, atol=1e-6)
 
 
-def test_async_search_equals_sync(shared: VectorStore, dataset: Dataset) -> None:
+def test_async_search_equals_sync(shared: Store, dataset: Dataset) -> None:
     qi, qt = queries(2, seed=31)
 
     async def run() -> tuple[list[models.ScoredPoint], list[models.ScoredPoint]]:
@@ -433,7 +433,7 @@ def test_client_store_uses_async_client_when_given(dataset: Dataset) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_aliases(filled: VectorStore, dataset: Dataset) -> None:
+def test_aliases(filled: Store, dataset: Dataset) -> None:
     other = make_dataset(seed=8, n=30)
     fill(filled, other, name="photos_v2", indexes=False)
     assert filled.get_aliases() == {}
@@ -632,7 +632,7 @@ def test_hnsw_recall_after_optimize(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
 def test_open_store_picks_backend(tmp_path: Path) -> None:
     edge = open_store(Settings(home=tmp_path / "h"))
-    assert isinstance(edge, EdgeStore) and isinstance(edge, VectorStore)
+    assert isinstance(edge, EdgeStore) and isinstance(edge, Store)
     assert edge.home == tmp_path / "h"
     assert edge.list_collections() == [] and not (tmp_path / "h").exists()  # reading creates nothing
     edge.close()

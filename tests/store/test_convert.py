@@ -18,15 +18,12 @@ from langchain_core.messages.block_translators.openai import convert_to_openai_d
 from PIL import Image
 from qdrant_client import QdrantClient, models
 
+from mmrag.retrieval.documents import describe_path, document_from_point, image_content_block, image_mime_type
 from mmrag.store.convert import (
     MMRAG_NAMESPACE,
     RESERVED_FIELDS,
     build_payload,
     build_point,
-    describe_path,
-    document_from_point,
-    image_content_block,
-    image_mime_type,
     normalize_rel_path,
     point_id,
 )

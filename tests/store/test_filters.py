@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
-from mmrag.store.base import VectorStore
+from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
-from mmrag.store.schema import CollectionSpec
 from mmrag.store.filters import filter_from_cli, filter_from_dict, merge_filters
+from mmrag.store.schema import CollectionSpec
 
 
 def match(key: str, value) -> models.FieldCondition:
@@ -224,7 +224,7 @@ def test_merge_filters() -> None:
 # --- semantics on a real engine --------------------------------------------------------
 
 
-def test_filters_select_the_right_points(store: VectorStore) -> None:
+def test_filters_select_the_right_points(store: Store) -> None:
     """Payloads from build_payload, filtered by translated filters, on every backend (conftest `store`)."""
     rows = [
         ("a/cat.png", "a cat", {"tags": ["cat"], "favourite": True, "year": 2019}, "PNG", 100),

@@ -8,10 +8,10 @@ import json
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import httpx
@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from mmrag.settings import Settings
-from mmrag.store.base import VectorStore
+from mmrag.store.base import Store
 from mmrag.store.client import QdrantClientStore
 from mmrag.store.convert import build_payload, build_point, point_id
 from mmrag.store.retry import RetryingStore, RetryPolicy, StoreUnavailable, is_transient
@@ -65,7 +65,7 @@ class FakeRpcError(grpc.RpcError):
         (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), True),
         (ConnectionResetError(), True),
         (TimeoutError(), True),
-        (socket.timeout(), True),
+        (TimeoutError(), True),
         (OSError(errno.ENETUNREACH, "unreachable"), True),
         (OSError(errno.ENOENT, "no such file"), False),
         (PermissionError(errno.EACCES, "denied"), False),
@@ -299,7 +299,7 @@ async def test_async_methods_are_retried(memory_store: QdrantClientStore) -> Non
 
 def test_proxy_is_a_vector_store(memory_store: QdrantClientStore) -> None:
     store = RetryingStore(memory_store, RetryPolicy())
-    assert isinstance(store, VectorStore)
+    assert isinstance(store, Store)
     assert store.inner is memory_store
     assert store.backend_name == "qdrant"
     assert store.list_collections() == [COLLECTION]
@@ -328,7 +328,7 @@ class _AcceptAndClose:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.accepted += 1
             conn.close()
@@ -396,7 +396,7 @@ def test_real_refused_connection_is_transient_and_retried() -> None:
 class _FlakyQdrantHandler(BaseHTTPRequestHandler):
     """Answers `status` to the first `failures` requests, then a valid `GET /collections`."""
 
-    server: "_FlakyQdrant"
+    server: _FlakyQdrant
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         srv = self.server

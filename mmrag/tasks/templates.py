@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+
+from mmrag.errors import UsageError
 
 EN_SINGLE = ("a photo of a {}.",)
 
@@ -62,7 +64,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(UsageError):
     """A template set name is unknown or a template is malformed."""
 
 

@@ -9,9 +9,10 @@ characters needed) so the vocabulary, and with it the model, stays a few MB.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -48,7 +49,7 @@ PRESETS: dict[str, ScratchPreset] = {
 def _default_chinese_keep() -> str:
     # Characters of the synthetic captions plus a block of frequent CJK characters,
     # so the reduced vocab still covers ordinary short phrases.
-    from mmrag.datasets.synthetic import charset_zh
+    from mmrag.training.synthetic import charset_zh
 
     common = (
         "的一是不了人我在有他这中大来上个国到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后"

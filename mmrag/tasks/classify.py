@@ -3,7 +3,7 @@
 A label's embedding is the mean of the L2-normalised embeddings of its prompts
 (one per template), re-normalised; an image's label probabilities are
 softmax(logit_scale * cosine(image, label)). The same math serves tagging
-(`mmrag.tagging`) and evaluation (`mmrag.evaluate`), so it lives here as pure
+(`mmrag.tasks.tagging`) and evaluation (`mmrag.tasks.evaluate`), so it lives here as pure
 functions (`label_matrix_from_prompts`, `label_probabilities`, `top_k`).
 
 Label matrices are cached per (model fingerprint, labels, templates): in
@@ -16,23 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import threading
-import types
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .corpus.types import CorpusItem, DecodedImage, SkippedFile
-from .embedders.base import Embedder
-from .templates import default_template_set, load_templates, render
-
+from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
+from mmrag.embedders.base import Embedder
+from mmrag.tasks.templates import default_template_set, load_templates, render
 
 __all__ = [
     "ClassificationReport",
@@ -272,7 +270,7 @@ def _decode_paths(
     decode_options: dict[str, Any] | None = None,
 ) -> Iterator[tuple[str, DecodedImage | SkippedFile]]:
     """Decode files through the corpus decoder pool; yields (path as given, result) in input order."""
-    from .corpus import decode_stream  # EXIF orientation, colour rules, size limits, bad files -> SkippedFile
+    from mmrag.corpus import decode_stream  # EXIF orientation, colour rules, size limits, bad files -> SkippedFile
 
     items = [_as_item(path) for path in paths]
     if not items:
@@ -286,7 +284,7 @@ def load_image(source: str | os.PathLike[str] | Image.Image, **decode_options: A
     """An RGB image from a path (corpus decoding rules) or a PIL image. Raises ValueError with the reason."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    from .corpus import ImageDecodeError, load_rgb
+    from mmrag.corpus import ImageDecodeError, load_rgb
 
     try:
         return load_rgb(Path(source), **decode_options)
@@ -494,7 +492,7 @@ top_k_fn = top_k  # methods take a `top_k` argument that shadows the function
 
 def _resolve_embedder(model: Embedder | str | None, device: str = "auto") -> Embedder:
     if model is None or isinstance(model, str):
-        from .embedders import DEFAULT_MODEL, load_embedder
+        from mmrag.embedders import DEFAULT_MODEL, load_embedder
 
         return load_embedder(model or DEFAULT_MODEL, device=device)
     return model
@@ -534,7 +532,7 @@ def expand_image_paths(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[st
     A folder's problems (unreadable entries) come back as SkippedFile; a missing
     path is passed through so that classification reports it per file.
     """
-    from .corpus import CorpusItem, scan_folder
+    from mmrag.corpus import CorpusItem, scan_folder
 
     files: list[str] = []
     skipped: list[SkippedFile] = []
@@ -612,18 +610,3 @@ def image_text_similarity(embedder: Embedder, image: str | os.PathLike[str] | Im
 def default_templates_for(embedder: Embedder) -> list[str]:
     """The default template set for the embedder's prompt language."""
     return load_templates(default_template_set(embedder.info.language))
-
-
-class _CallableModule(types.ModuleType):
-    """`mmrag.classify` is both this module and the `classify` function re-exported by the package.
-
-    Once the submodule is imported, the package attribute `mmrag.classify` is the
-    module object; making the module callable keeps `mmrag.classify(images, labels)`
-    working either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Prediction | list[Prediction]:
-        return classify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,18 +23,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .corpus import decode_stream, iter_corpus
-from .corpus.types import CorpusItem, DecodedImage, SkippedFile
-from .embedders.base import Embedder
-from .store.base import VectorStore
-from .store.convert import build_payload, build_point, payload_metadata, point_id
-from .store.schema import PAYLOAD_FIELDS, CollectionSpec, SchemaMismatch, check_compatible
+from mmrag.corpus import decode_stream, iter_corpus
+from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
+from mmrag.embedders.base import Embedder
+from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
+from mmrag.ingest.writer import StoreWriter
+from mmrag.store.base import Store
+from mmrag.store.convert import build_payload, build_point, point_id
+from mmrag.store.schema import CollectionSpec, SchemaMismatch, check_compatible
 
 log = logging.getLogger(__name__)
-
-# Payload keys written by ingestion or tagging; everything else on a point came from a manifest.
-_INGEST_OWNED = frozenset(PAYLOAD_FIELDS) | {"tag_scores"}
-
 
 @dataclass
 class IngestOptions:
@@ -49,7 +46,7 @@ class IngestOptions:
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
 
     @classmethod
-    def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> "IngestOptions":
+    def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
         draft = None
         if getattr(settings, "fast_preprocess", False) and embedder is not None:
             draft = embedder.info.image_size
@@ -152,7 +149,7 @@ def decode_plan(choice: str, embedder: Embedder) -> tuple[str, Callable[[Any], n
     return "process", portable
 
 
-def ensure_collection(store: VectorStore, embedder: Embedder, collection: str) -> str:
+def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
     """Create the collection for this model, or check that the existing one matches.
 
     Returns the physical collection name (an alias is resolved).
@@ -168,60 +165,8 @@ def ensure_collection(store: VectorStore, embedder: Embedder, collection: str) -
     return target
 
 
-def load_state(store: VectorStore, collection: str, page: int = 1024) -> dict[str, dict[str, Any]]:
-    """point id -> stored payload, for every point (no vectors: cheap)."""
-    state: dict[str, dict[str, Any]] = {}
-    offset = None
-    while True:
-        records, offset = store.scroll(collection, limit=page, offset=offset, with_payload=True, with_vectors=False)
-        for r in records:
-            state[str(r.id)] = dict(r.payload or {})
-        if offset is None:
-            return state
-
-
-class _Writer:
-    """Batched store writes on one background thread, so upserts overlap model compute.
-
-    At most two batches are in flight: memory stays bounded however large the corpus.
-    """
-
-    def __init__(self, store: VectorStore, collection: str, batch: int):
-        self.store, self.collection, self.batch = store, collection, batch
-        self.buffer: list[Any] = []
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmrag-writer")
-        self.pending: list[tuple[Future, int]] = []
-        self.written = 0  # points the store confirmed: what a failed run reports as done
-
-    def add(self, points: Sequence[Any]) -> None:
-        self.buffer.extend(points)
-        while len(self.buffer) >= self.batch:
-            self._submit(self.buffer[: self.batch])
-            self.buffer = self.buffer[self.batch :]
-
-    def _submit(self, points: list[Any]) -> None:
-        while len(self.pending) >= 2:
-            self._settle()
-        self.pending.append((self.pool.submit(self.store.upsert, self.collection, points), len(points)))
-
-    def _settle(self) -> None:
-        future, n = self.pending.pop(0)
-        future.result()  # re-raises a store failure in the main thread
-        self.written += n
-
-    def flush(self) -> None:
-        if self.buffer:
-            self._submit(self.buffer)
-            self.buffer = []
-        while self.pending:
-            self._settle()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-
-
 def run_ingest(
-    store: VectorStore,
+    store: Store,
     embedder: Embedder,
     *,
     root: Path | None,
@@ -257,7 +202,7 @@ def run_ingest(
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
         store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
     if tagger is None and tag_labels:
-        from .tagging import make_ingest_tagger
+        from mmrag.tasks.tagging import make_ingest_tagger
 
         tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
 
@@ -272,12 +217,12 @@ def run_ingest(
         pid = point_id(entry.rel_path)
         seen.add(pid)
         old = state.get(pid)
-        if old is not None and _unchanged_by_stat(entry, old):
+        if old is not None and unchanged_by_stat(entry, old):
             report.unchanged += 1
         else:
             todo.append(entry)
 
-    writer = _Writer(store, target, opts.write_batch_size)
+    writer = StoreWriter(store, target, opts.write_batch_size)
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
     try:
         stream = decode_stream(
@@ -323,33 +268,12 @@ def run_ingest(
     return report
 
 
-# qdrant-edge 0.9 may return a float payload one ulp off (≈2e-7 s for today's epoch
-# seconds); a microsecond tolerance keeps the stat check exact in practice.
-_MTIME_TOLERANCE_S = 1e-6
-
-
-def _unchanged_by_stat(item: CorpusItem, old: dict[str, Any]) -> bool:
-    mtime = old.get("mtime")
-    return (
-        old.get("file_size") == item.file_size
-        and isinstance(mtime, (int, float))
-        and abs(mtime - item.mtime) <= _MTIME_TOLERANCE_S
-        and _same_annotations(item, old)
-    )
-
-
-def _same_annotations(item: CorpusItem, old: dict[str, Any]) -> bool:
-    """Caption and manifest metadata unchanged? (Metadata compared in the store's JSON-safe form.)"""
-    stored = {k: v for k, v in old.items() if k not in _INGEST_OWNED}
-    return old.get("caption") == item.caption and stored == payload_metadata(item.metadata)
-
-
 def _batched_decoded(
     stream: Iterator[DecodedImage | SkippedFile],
     size: int,
     report: IngestReport,
     state: dict[str, dict[str, Any]],
-    store: VectorStore,
+    store: Store,
     collection: str,
     bar: tqdm,
 ) -> Iterator[list[DecodedImage]]:
@@ -364,7 +288,7 @@ def _batched_decoded(
             continue
         pid = point_id(result.item.rel_path)
         old = state.get(pid)
-        if old is not None and old.get("sha256") == result.sha256 and _same_annotations(result.item, old):
+        if old is not None and old.get("sha256") == result.sha256 and same_annotations(result.item, old):
             # Touched but identical content: refresh the stat fields only, no embedding.
             store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [pid])
             report.unchanged += 1

@@ -12,8 +12,9 @@ import math
 import os
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -59,7 +60,7 @@ def _thumbnail(source: str | os.PathLike[str] | Image.Image | None) -> Image.Ima
     if isinstance(source, Image.Image):
         img = source.convert("RGB")
     else:
-        from .corpus import ImageDecodeError, load_rgb
+        from mmrag.corpus import ImageDecodeError, load_rgb
 
         try:
             img = load_rgb(Path(source))

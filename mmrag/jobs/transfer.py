@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from qdrant_client import models
 
-from .store.base import VectorStore
-from .store.schema import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, SchemaMismatch, check_compatible
+from mmrag.store.base import Store
+from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, SchemaMismatch, check_compatible
 
 __all__ = ["EXPORT_FORMAT_VERSION", "export_collection", "import_collection", "read_export_spec"]
 
@@ -67,7 +67,7 @@ def _vectors_column(rows: list[Any], dim: int, name: str, *, nullable: bool) -> 
 
 
 def export_collection(
-    store: VectorStore, collection: str, out_parquet: Path | str, *, batch: int = 1024
+    store: Store, collection: str, out_parquet: Path | str, *, batch: int = 1024
 ) -> int:
     """Write every point of `collection` (an alias is resolved) with its vectors and payload. Returns the count.
 
@@ -148,7 +148,7 @@ def read_export_spec(in_parquet: Path | str, *, collection: str | None = None) -
 
 
 def import_collection(
-    store: VectorStore, in_parquet: Path | str, *, collection: str | None = None, batch: int = 1024
+    store: Store, in_parquet: Path | str, *, collection: str | None = None, batch: int = 1024
 ) -> int:
     """Create the collection from the file's metadata (or check the existing one matches) and upsert every point.
 

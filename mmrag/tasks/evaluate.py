@@ -23,14 +23,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .classify import ZeroShotClassifier, embed_image_sources
-from .embedders.base import Embedder
+from mmrag.embedders.base import Embedder
+from mmrag.tasks.classify import ZeroShotClassifier, embed_image_sources
 
 __all__ = [
     "DirectionMetrics",
@@ -141,7 +142,7 @@ class ZeroShotReport:
         return path
 
     def plot_confusion(self, path: str | os.PathLike[str], *, normalize: bool = False) -> Path:
-        from .plots import plot_confusion_matrix
+        from mmrag.tasks.plots import plot_confusion_matrix
 
         return plot_confusion_matrix(self.confusion, self.classes, path, normalize=normalize, title=f"{self.model_id}  top-1 {self.top1:.3f}")
 
@@ -173,7 +174,7 @@ def _load_label_map(label_map: Mapping[str, str] | str | os.PathLike[str] | None
 
 def image_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, str, int]], list[dict[str, str]]]:
     """(classes, [(absolute path, root-relative path, class index)], skipped) of an ImageFolder-style tree."""
-    from .corpus import CorpusItem, SkippedFile, scan_folder
+    from mmrag.corpus import CorpusItem, SkippedFile, scan_folder
 
     root = Path(root)
     if not root.is_dir():
@@ -266,7 +267,7 @@ class DirectionMetrics:
     mrr: float
 
     @classmethod
-    def from_ranks(cls, rank_values: np.ndarray, ks: Iterable[int]) -> "DirectionMetrics":
+    def from_ranks(cls, rank_values: np.ndarray, ks: Iterable[int]) -> DirectionMetrics:
         rank_values = np.asarray(rank_values)
         return cls(
             n_queries=len(rank_values),
@@ -336,7 +337,7 @@ def read_pairs(manifest: str | os.PathLike[str], *, root: str | os.PathLike[str]
     are resolved against `root` (default: the manifest's folder). Rows without
     a caption are ignored.
     """
-    from .corpus.manifest import resolve_manifest_path
+    from mmrag.corpus.manifest import resolve_manifest_path
 
     manifest = Path(manifest)
     base = Path(os.path.normpath(Path(root if root is not None else manifest.parent).absolute()))

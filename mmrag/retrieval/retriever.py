@@ -9,62 +9,20 @@ rank fusion. `MultimodalEmbeddings` (an `Embeddings`) lets the stock
 from __future__ import annotations
 
 import asyncio
-import base64
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
-from PIL import Image
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from .store.convert import document_from_point
-from .store.filters import filter_from_dict, merge_filters
-from .store.schema import IMAGE_VECTOR, TEXT_VECTOR
-
-ImageQuery = Union[Image.Image, bytes, Path]
-Query = Union[str, ImageQuery]
-Target = Literal["image", "text", "fused"]
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-def is_image_query(query: Any) -> bool:
-    """Text unless it is an image object, bytes, a Path, a data URI or an existing image file path."""
-    if isinstance(query, (Image.Image, bytes, bytearray, Path)):
-        return True
-    if isinstance(query, str):
-        if query.startswith("data:image/"):
-            return True
-        if len(query) < 4096 and Path(query).suffix.lower() in _IMAGE_SUFFIXES:
-            try:
-                return Path(query).is_file()
-            except OSError:
-                return False
-    return False
-
-
-def load_query_image(query: ImageQuery | str) -> Image.Image:
-    """An RGB PIL image from a path, PIL image, raw bytes or `data:image/...;base64,` URI.
-
-    Decoded with the same rules as ingestion (EXIF orientation, 16-bit, alpha, ...),
-    so a stored file used as a query finds itself with cosine 1.
-    """
-    from .corpus.decode import load_rgb, to_rgb
-
-    if isinstance(query, Image.Image):
-        return to_rgb(query)
-    if isinstance(query, (bytes, bytearray)):
-        return load_rgb(bytes(query))
-    if isinstance(query, str) and query.startswith("data:image/"):
-        header, _, encoded = query.partition(",")
-        if ";base64" not in header:
-            raise ValueError("image data URIs must be base64-encoded: data:image/<type>;base64,<data>")
-        return load_rgb(base64.b64decode(encoded))
-    return load_rgb(Path(query))
+from mmrag.retrieval.documents import document_from_point
+from mmrag.retrieval.queries import Query, Target, is_image_query, load_query_image
+from mmrag.store.filters import filter_from_dict, merge_filters
+from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR
 
 
 class MultimodalRetriever(BaseRetriever):
@@ -77,7 +35,7 @@ class MultimodalRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    store: Any = Field(description="a mmrag.store.VectorStore")
+    store: Any = Field(description="a mmrag.store.Store")
     embedder: Any = Field(description="a mmrag.embedders.Embedder")
     collection: str = "mmrag"
     k: int = 4
@@ -193,53 +151,3 @@ class MultimodalRetriever(BaseRetriever):
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         return await self.asearch(query, **kwargs)
-
-
-class MultimodalEmbeddings(Embeddings):
-    """LangChain `Embeddings` over an mmrag embedder: texts and images in one space.
-
-    `MultimodalEmbeddings(model="clip-vit-b32")` loads through the registry
-    (default: the `MMRAG_MODEL` setting); `MultimodalEmbeddings(embedder=...)`
-    wraps one already loaded.
-    """
-
-    def __init__(self, model: str | None = None, *, embedder: Any = None, device: str = "auto", **load_kwargs: Any):
-        if embedder is None:
-            from .embedders import load_embedder
-
-            if model is None:
-                from .settings import Settings
-
-                model = Settings().model
-
-            embedder = load_embedder(model, device=device, **load_kwargs)
-        self.embedder = embedder
-        self.model = embedder.info.model_id
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        if not texts:
-            return []
-        return self.embedder.embed_texts(list(texts)).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.embedder.embed_texts([text])[0].tolist()
-
-    def embed_image(self, image: ImageQuery | str) -> list[float]:
-        return self.embedder.embed_images([load_query_image(image)])[0].tolist()
-
-    def embed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
-        if not images:
-            return []
-        return self.embedder.embed_images([load_query_image(i) for i in images]).tolist()
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await asyncio.to_thread(self.embed_documents, texts)
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return await asyncio.to_thread(self.embed_query, text)
-
-    async def aembed_image(self, image: ImageQuery | str) -> list[float]:
-        return await asyncio.to_thread(self.embed_image, image)
-
-    async def aembed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
-        return await asyncio.to_thread(self.embed_images, images)

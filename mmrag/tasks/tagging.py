@@ -1,7 +1,7 @@
 """Auto-tagging: zero-shot label probabilities written into point payloads.
 
 Tags come from the image vectors already in the store (no re-embedding) with
-the zero-shot math of `mmrag.classify`. Each tagged point gets
+the zero-shot math of `mmrag.tasks.classify`. Each tagged point gets
 
 - `tags`: the labels kept (a keyword list, indexed, so `{"tags": "cat"}` filters), and
 - `tag_scores`: {label: probability} for the `top` best labels, including
@@ -17,19 +17,20 @@ confidence.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from qdrant_client import models
 from tqdm.auto import tqdm
 
-from .classify import ZeroShotClassifier, label_probabilities
-from .embedders.base import Embedder
-from .store.base import VectorStore
-from .store.schema import IMAGE_VECTOR, SchemaMismatch
+from mmrag.embedders.base import Embedder
+from mmrag.store.base import Store
+from mmrag.store.schema import IMAGE_VECTOR, SchemaMismatch
+from mmrag.tasks.classify import ZeroShotClassifier, label_probabilities
 
 TAGS_FIELD = "tags"
 TAG_SCORES_FIELD = "tag_scores"
@@ -112,12 +113,12 @@ def _tagging_metadata(clf: ZeroShotClassifier, threshold: float | None, top: int
     }
 
 
-def _ensure_tag_index(store: VectorStore, collection: str) -> None:
+def _ensure_tag_index(store: Store, collection: str) -> None:
     # Collections made from the default schema already have it; creating it again is harmless.
     store.create_payload_index(collection, TAGS_FIELD, models.PayloadSchemaType.KEYWORD)
 
 
-def _check_model(store: VectorStore, collection: str, clf: ZeroShotClassifier) -> None:
+def _check_model(store: Store, collection: str, clf: ZeroShotClassifier) -> None:
     spec = store.get_spec(collection)
     if spec is None:
         raise ValueError(f"collection {collection!r} does not exist")
@@ -174,7 +175,7 @@ class TagReport:
 
 
 def tag_collection(
-    store: VectorStore,
+    store: Store,
     collection: str,
     embedder_or_classifier: Embedder | ZeroShotClassifier,
     labels: Sequence[str] | None = None,
@@ -238,7 +239,7 @@ def make_ingest_tagger(
     embedder: Embedder,
     labels: Sequence[str],
     *,
-    store: VectorStore | None = None,
+    store: Store | None = None,
     collection: str | None = None,
     templates: str | Sequence[str] | None = None,
     threshold: float | None = None,

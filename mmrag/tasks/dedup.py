@@ -15,8 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .store.base import VectorStore
-from .store.schema import IMAGE_VECTOR
+from mmrag.store.base import Store
+from mmrag.store.schema import IMAGE_VECTOR
 
 __all__ = ["DuplicateGroup", "DuplicateReport", "UnionFind", "find_near_duplicates", "dedup_report"]
 
@@ -122,7 +122,7 @@ def _path_of(payload: dict[str, Any] | None, pid: str) -> str:
 
 
 def find_near_duplicates(
-    store: VectorStore,
+    store: Store,
     collection: str,
     *,
     threshold: float = 0.95,
@@ -137,7 +137,7 @@ def find_near_duplicates(
 
 
 def dedup_report(
-    store: VectorStore,
+    store: Store,
     collection: str,
     *,
     threshold: float = 0.95,
@@ -155,7 +155,7 @@ def dedup_report(
 
 
 def _find(
-    store: VectorStore,
+    store: Store,
     collection: str,
     threshold: float,
     vector: str,
@@ -208,7 +208,7 @@ def _find(
     for (a, b), score in edges.items():
         by_root.setdefault(uf.find(a), []).append((a, b, score))
     groups = []
-    for root, group_edges in by_root.items():
+    for _root, group_edges in by_root.items():
         members = sorted({x for a, b, _ in group_edges for x in (a, b)}, key=lambda pid: (paths[pid], pid))
         pairs = sorted(
             ((*sorted((paths[a], paths[b])), s) for a, b, s in group_edges), key=lambda e: (-e[2], e[0], e[1])

@@ -23,10 +23,11 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class FinetuneConfig:
     """What to train, on what, and how.
 
     Exactly one of `base` (hub id or local dir, loaded with `from_pretrained`) and
-    `from_scratch` (a `mmrag.scratch` size preset) is required.
+    `from_scratch` (a `mmrag.training.scratch` size preset) is required.
     `train`: "all", "projections" (projection heads + logit scale), or "last:N"
     (last N transformer layers of both towers + final norms + projections + scale).
     `lora_rank` > 0 trains LoRA adapters (needs `peft`) plus the projections and scale,
@@ -338,7 +339,7 @@ def _load_model_and_processor(config: FinetuneConfig, out: Path) -> tuple[torch.
         raise ValueError("set exactly one of FinetuneConfig.base and FinetuneConfig.from_scratch")
     source: str | Path
     if config.from_scratch is not None:
-        from mmrag.scratch import build_scratch_model
+        from mmrag.training.scratch import build_scratch_model
 
         with tempfile.TemporaryDirectory(prefix="mmrag-scratch-") as tmp:
             source = build_scratch_model(
@@ -702,7 +703,7 @@ def evaluate_synthetic(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Held-out figures of a model on a fresh synthetic gallery (see mmrag.datasets.synthetic).
+    """Held-out figures of a model on a fresh synthetic gallery (see mmrag.training.synthetic).
 
     - text->image recall@1/@5 over `n` images, each image's caption a query. A hit
       is a retrieved image whose attributes equal the query's (so every gallery
@@ -713,7 +714,7 @@ def evaluate_synthetic(
     """
     from transformers import AutoModel, AutoProcessor
 
-    from mmrag.datasets import synthetic
+    from mmrag.training import synthetic
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()

@@ -1,0 +1,3 @@
+from mmrag.cli.main import main
+
+raise SystemExit(main())

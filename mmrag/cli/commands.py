@@ -1,0 +1,484 @@
+"""The commands: each parses its arguments into one library call and prints the result.
+
+Errors are raised as `mmrag.errors.MmragError`s; `mmrag.cli.main` turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mmrag.errors import EXIT_FAILED, EXIT_OK, NotFoundError, RunFailed, UsageError
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _app(args: argparse.Namespace):
+    from mmrag.app import App
+    from mmrag.settings import Settings
+
+    overrides = {k: v for k, v in {
+        "home": getattr(args, "home", None),
+        "collection": getattr(args, "collection", None),
+        "device": getattr(args, "device", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "workers": getattr(args, "workers", None),
+        "decode_executor": getattr(args, "decode_executor", None),
+        "torch_threads": getattr(args, "torch_threads", None),
+        "quantize": getattr(args, "quantize", None),
+        "fast_preprocess": getattr(args, "fast_preprocess", None),
+        "hnsw": getattr(args, "hnsw", None) or None,
+    }.items() if v is not None}
+    return App(Settings(**overrides))
+
+
+def _collection(args: argparse.Namespace, app) -> str:
+    return args.collection or app.settings.collection
+
+
+# --- commands ------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from mmrag.ingest import IngestOptions, run_ingest
+
+    app = _app(args)
+    collection = _collection(args, app)
+    embedder = app.embedder(args.model, collection=collection)
+    if args.corpus is None and args.manifest is None:
+        raise UsageError("give a corpus folder, --manifest, or both")
+    tag_labels = _read_labels(args.tag_labels) if args.tag_labels else None
+    report = run_ingest(
+        app.store,
+        embedder,
+        root=args.corpus,
+        collection=collection,
+        manifest=args.manifest,
+        prune=args.prune,
+        options=IngestOptions.from_settings(app.settings, embedder),
+        progress=not args.json and not args.quiet,
+        tag_labels=tag_labels,
+        include_unlisted=args.include_unlisted,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _retriever(args: argparse.Namespace, app, collection: str):
+    from mmrag.retrieval import MultimodalRetriever
+
+    return MultimodalRetriever(
+        store=app.store,
+        embedder=app.embedder(args.model, collection=collection),
+        collection=collection,
+        k=args.k,
+        target=args.target,
+        exact=not app.settings.hnsw,
+        hnsw_ef=app.settings.hnsw_ef if app.settings.hnsw else None,
+        include_image="path" if getattr(args, "plot", None) else None,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mmrag.store.filters import filter_from_cli
+
+    app = _app(args)
+    collection = _collection(args, app)
+    if app.store.get_spec(app.store.resolve(collection)) is None:
+        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    if (args.query is None) == (args.image is None):
+        raise UsageError("give a text query or --image PATH (exactly one)")
+    retriever = _retriever(args, app, collection)
+    try:
+        flt = filter_from_cli(args.filter or [])
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    query: Any = Path(args.image) if args.image else args.query
+    if args.image and not Path(args.image).is_file():
+        raise UsageError(f"query image not found: {args.image}")
+    docs = retriever.search(
+        query,
+        query_type="image" if args.image else "text",
+        qdrant_filter=flt,
+        score_threshold=args.score_threshold,
+    )
+    hits = [
+        {
+            "rank": i + 1,
+            "score": d.metadata["score"],
+            "id": d.metadata["id"],
+            "path": d.metadata["path"],
+            "caption": d.metadata["payload"].get("caption"),
+            "vector": d.metadata["vector"],
+        }
+        for i, d in enumerate(docs)
+    ]
+    if args.plot:
+        from mmrag.tasks.plots import plot_search_results
+
+        plot_search_results(
+            str(args.image or args.query),
+            [(d.metadata.get("image_path"), d.metadata["score"], d.metadata["payload"].get("caption")) for d in docs],
+            Path(args.plot),
+        )
+    if args.json:
+        _print_json({"collection": collection, "query": args.query, "image": str(args.image) if args.image else None,
+                     "target": args.target, "hits": hits})
+    else:
+        if not hits:
+            print("no hits")
+        for h in hits:
+            cap = f"  {h['caption']}" if h["caption"] else ""
+            print(f"{h['rank']:>3}  {h['score']:.4f}  {h['path']}{cap}")
+    return EXIT_OK
+
+
+def _emit(args: argparse.Namespace, report: Any) -> None:
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.format_table())
+
+
+def _labels_arg(args: argparse.Namespace) -> list[str]:
+    if bool(args.labels) == bool(args.labels_file):
+        raise UsageError("give --labels a,b,c or --labels-file FILE (exactly one)")
+    return _read_labels(args.labels_file or args.labels)
+
+
+def _templates_arg(args: argparse.Namespace) -> Any:
+    # --template (repeatable) gives literal templates; --templates names a built-in set.
+    return args.template or args.templates
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from mmrag.tasks.classify import classify_paths
+
+    app = _app(args)
+    report = classify_paths(
+        app.embedder(args.model),
+        args.paths,
+        _labels_arg(args),
+        templates=_templates_arg(args),
+        templates_file=args.templates_file,
+        top_k=args.top_k,
+        batch_size=app.settings.batch_size,
+        workers=app.settings.workers or 1,
+        progress=not args.json,
+        cache_dir=app.settings.home / "cache",
+    )
+    if args.plot:
+        from mmrag.tasks.plots import plot_classification
+
+        first = next((p for p in report.predictions if p.ok), None)
+        if first is None:
+            raise RunFailed("no image could be classified, nothing to plot")
+        plot_classification(first.source, first.top, Path(args.plot))
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from mmrag.tasks.tagging import tag_collection
+
+    app = _app(args)
+    collection = _collection(args, app)
+    report = tag_collection(
+        app.store,
+        collection,
+        app.embedder(args.model, collection=collection),
+        _labels_arg(args),
+        templates=_templates_arg(args),
+        threshold=args.threshold,
+        top=args.top,
+        progress=not args.json,
+        cache_dir=app.settings.home / "cache",
+    )
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from mmrag.tasks.classify import similarity_report
+
+    if (args.b is None) == (args.text is None):
+        raise UsageError("give a second image, or --text \"...\" (exactly one)")
+    app = _app(args)
+    for path in [args.a] + ([args.b] if args.b else []):
+        if not Path(path).is_file():
+            raise UsageError(f"image not found: {path}")
+    # A second argument that is not a file is read as text by similarity_report; --text makes that explicit.
+    _emit(args, similarity_report(app.embedder(args.model), args.a, args.b if args.b else args.text))
+    return EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from mmrag.tasks.dedup import dedup_report
+
+    app = _app(args)
+    collection = _collection(args, app)
+    report = dedup_report(app.store, collection, threshold=args.threshold, vector=args.vector,
+                          limit_per_point=args.limit_per_point, progress=not args.json)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
+    from mmrag.tasks.evaluate import eval_zeroshot
+
+    app = _app(args)
+    report = eval_zeroshot(app.embedder(args.model), args.root, label_map=args.label_map,
+                           templates=_templates_arg(args), batch_size=app.settings.batch_size,
+                           progress=not args.json, workers=app.settings.workers or 1,
+                           cache_dir=app.settings.home / "cache")
+    if args.out:
+        report.write_json(args.out)
+    if args.confusion_png:
+        report.plot_confusion(args.confusion_png)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from mmrag.tasks.evaluate import eval_retrieval
+
+    app = _app(args)
+    ks = tuple(int(k) for k in args.ks.split(","))
+    report = eval_retrieval(app.embedder(args.model), args.manifest, root=args.root, ks=ks,
+                            batch_size=app.settings.batch_size, progress=not args.json,
+                            workers=app.settings.workers or 1)
+    if args.out:
+        report.write_json(args.out)
+    _emit(args, report)
+    return EXIT_OK
+
+
+def _job_result(args: argparse.Namespace, report: Any) -> int:
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return int(report.exit_code)
+
+
+def _load_pipeline(path: Path) -> Any:
+    import os
+
+    from mmrag.jobs.pipeline import PipelineError, load_pipeline
+
+    try:
+        return load_pipeline(path, env=os.environ)
+    except PipelineError:
+        raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmrag.ingest import IngestOptions
+    from mmrag.jobs.reindex import run_pipeline
+
+    pdef = _load_pipeline(args.pipeline)
+    app = _app(args)
+    embedder = app.embedder(pdef.model)
+    report = run_pipeline(
+        pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
+        options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
+        progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+    )
+    return _job_result(args, report)
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from mmrag.ingest import IngestOptions
+    from mmrag.jobs.reindex import JobSpec, rebuild, rollback, run_pipeline
+
+    app = _app(args)
+    target = args.target
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        if args.rollback:
+            target = _load_pipeline(Path(target)).collection_name
+        else:
+            pdef = _load_pipeline(Path(target))
+            embedder = app.embedder(args.model or pdef.model)
+            return _job_result(args, run_pipeline(
+                pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
+                options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
+                progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+            ))
+    if args.rollback:
+        return _job_result(args, rollback(target, store=app.store, home=app.settings.home, to=args.to))
+    embedder = app.embedder(args.model, collection=target)
+    root, manifest = args.root, args.manifest
+    if root is None and manifest is None:
+        # Re-index from where the collection was ingested from.
+        spec = app.store.get_spec(app.store.resolve(target)) if app.store.collection_exists(target) else None
+        recorded = (spec.extra or {}).get("corpus_root") if spec else None
+        if not recorded:
+            raise UsageError(f"no --root/--manifest given and {target!r} records no corpus folder")
+        root = Path(recorded)
+    job = JobSpec(
+        collection=target, root=root, manifest=manifest, prune=args.prune,
+        options=IngestOptions.from_settings(app.settings, embedder),
+        tag_labels=_read_labels(args.tag_labels) if args.tag_labels else None,
+        keep_versions=args.keep or 2, model=args.model,
+    )
+    common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
+                  progress=not args.json and not args.quiet)
+    if args.rebuild:
+        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, **common))
+    from mmrag.jobs.reindex import sync
+
+    return _job_result(args, sync(job, prune=args.prune, **common))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mmrag.jobs.reindex import rollback
+
+    app = _app(args)
+    return _job_result(args, rollback(args.name, store=app.store, home=app.settings.home, to=args.to))
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    import os
+
+    from mmrag.ingest import IngestOptions
+    from mmrag.jobs.pipeline import PipelineError, load_pipelines
+    from mmrag.jobs.reindex import run_pipeline, run_scheduler
+
+    try:
+        pdefs = load_pipelines(list(args.paths), env=os.environ)
+    except PipelineError:
+        raise
+    app = _app(args)
+
+    def run_one(pdef: Any) -> Any:
+        embedder = app.embedder(pdef.model)
+        return run_pipeline(pdef, store=app.store, embedder=embedder, home=app.settings.home,
+                            options=IngestOptions.from_settings(app.settings, embedder))
+
+    def on_report(pdef: Any, report: Any) -> None:
+        print(json.dumps(report.to_dict(), default=str) if args.json else report.summary(), flush=True)
+
+    run_scheduler(pdefs, run_one, max_jobs=args.max_jobs, on_report=on_report)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmrag.jobs.transfer import export_collection
+
+    app = _app(args)
+    n = export_collection(app.store, args.collection_name, args.out, batch=args.batch)
+    result = {"collection": args.collection_name, "out": str(args.out), "points": n}
+    _print_json(result) if args.json else print(f"exported {n} points of {args.collection_name} to {args.out}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mmrag.jobs.transfer import import_collection
+
+    app = _app(args)
+    n = import_collection(app.store, args.file, collection=args.collection, batch=args.batch)
+    result = {"file": str(args.file), "collection": args.collection, "points": n}
+    _print_json(result) if args.json else print(f"imported {n} points from {args.file}")
+    return EXIT_OK
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from mmrag.training.finetune import FinetuneConfig, finetune
+
+    if (args.base is None) == (args.from_scratch is None):
+        raise UsageError("give --base MODEL or --from-scratch SIZE (exactly one)")
+    base = args.base
+    if base is not None:
+        # Registry names are accepted as bases too (clip-vit-b32 -> its HF id or bundled dir).
+        from mmrag.embedders.registry import MODELS
+
+        base = MODELS[base].load_path if base in MODELS else base
+    config = FinetuneConfig(
+        manifest=args.manifest, out_dir=args.out, base=base, from_scratch=args.from_scratch, arch=args.arch,
+        image_size=args.image_size, caption_column=args.caption_column, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        grad_accum=args.grad_accum, train=args.train, lora_rank=args.lora_rank, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, precision=args.precision, resume=args.resume,
+    )
+    result = finetune(config, progress=not args.json)
+    summary = {
+        "out_dir": str(result.out_dir), "best_epoch": result.best_epoch, "best_metric": result.best_metric,
+        "pairs_per_second": round(result.pairs_per_second, 1), "epochs": result.metrics,
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        for i, m in enumerate(result.metrics, 1):
+            print(f"epoch {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
+        print(f"best epoch {result.best_epoch} saved to {result.out_dir} ({result.pairs_per_second:.1f} pairs/s)")
+        print(f"use it with: mmrag ingest <folder> --model {result.out_dir}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mmrag.training.synthetic import write_corpus
+
+    out = write_corpus(args.out, args.n, seed=args.seed, lang=args.lang, manifest=args.manifest,
+                       image_size=args.image_size)
+    result = {"out": str(out), "images": args.n, "lang": args.lang,
+              "manifest": str(out / f"manifest.{args.manifest}") if args.manifest else None}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wrote {args.n} captioned images to {out}" + (f" (manifest {result['manifest']})" if args.manifest else ""))
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mmrag.embedders.registry import MODELS, list_models
+
+    rows = [{"name": n, "backend": MODELS[n].backend, "source": MODELS[n].source, "language": MODELS[n].language}
+            for n in list_models()]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:<26} {r['backend']:<16} {r['source']}")
+    return EXIT_OK
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    app = _app(args)
+    store = app.store
+    aliases = store.get_aliases()
+    rows = []
+    for name in sorted(store.list_collections()):
+        spec = store.get_spec(name)
+        rows.append({
+            "name": name,
+            "aliases": sorted(a for a, c in aliases.items() if c == name),
+            "points": store.count(name),
+            "model_id": spec.model_id if spec else None,
+            "dim": spec.dim if spec else None,
+            "schema_version": spec.schema_version if spec else None,
+        })
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
+            print(f"{r['name']}{alias}: {r['points']} points, model {r['model_id']}, dim {r['dim']}")
+    return EXIT_OK
+
+
+def _read_labels(path_or_list: str) -> list[str]:
+    p = Path(path_or_list)
+    if p.is_file():
+        text = p.read_text(encoding="utf-8-sig")
+        labels = [line.strip() for line in text.splitlines()]
+    else:
+        labels = [s.strip() for s in path_or_list.split(",")]
+    labels = [label for label in labels if label and not label.startswith("#")]
+    if not labels:
+        raise UsageError(f"no labels in {path_or_list!r}")
+    return labels

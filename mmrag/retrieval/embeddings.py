@@ -1,0 +1,61 @@
+"""`MultimodalEmbeddings`: LangChain `Embeddings` over an mmrag embedder, texts and images in one space."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+
+from mmrag.retrieval.queries import ImageQuery, load_query_image
+
+
+class MultimodalEmbeddings(Embeddings):
+    """LangChain `Embeddings` over an mmrag embedder: texts and images in one space.
+
+    `MultimodalEmbeddings(model="clip-vit-b32")` loads through the registry
+    (default: the `MMRAG_MODEL` setting); `MultimodalEmbeddings(embedder=...)`
+    wraps one already loaded.
+    """
+
+    def __init__(self, model: str | None = None, *, embedder: Any = None, device: str = "auto", **load_kwargs: Any):
+        if embedder is None:
+            from mmrag.embedders import load_embedder
+
+            if model is None:
+                from mmrag.settings import Settings
+
+                model = Settings().model
+
+            embedder = load_embedder(model, device=device, **load_kwargs)
+        self.embedder = embedder
+        self.model = embedder.info.model_id
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self.embedder.embed_texts(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embedder.embed_texts([text])[0].tolist()
+
+    def embed_image(self, image: ImageQuery | str) -> list[float]:
+        return self.embedder.embed_images([load_query_image(image)])[0].tolist()
+
+    def embed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
+        if not images:
+            return []
+        return self.embedder.embed_images([load_query_image(i) for i in images]).tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
+
+    async def aembed_image(self, image: ImageQuery | str) -> list[float]:
+        return await asyncio.to_thread(self.embed_image, image)
+
+    async def aembed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_images, images)
