@@ -33,8 +33,11 @@ class ModelInfo:
     backend: str  # "hf-clip" | "hf-chinese-clip" | "cn_clip"
     image_size: int  # square input side the vision tower expects
     language: str = "en"  # default prompt language: "en" or "zh"
-    quantization: str | None = None  # None or "int8"
+    quantization: str | None = None  # None or "int8-onnx" (ORT dynamic int8)
     extra: dict[str, Any] = field(default_factory=dict)
+    # What ran the model: "torch" or "onnx". Not part of the fingerprint: ONNX fp32 vectors equal
+    # torch's within 1e-5 (tested), so both may fill one collection; int8 differs by `quantization`.
+    runtime: str = "torch"
 
     def fingerprint(self) -> dict[str, Any]:
         return {

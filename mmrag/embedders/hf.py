@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -101,27 +100,18 @@ class HFClipEmbedder:
     ) -> None:
         from transformers import AutoProcessor
 
-        if quantize not in (None, "int8"):
-            raise ValueError(f"unsupported quantize={quantize!r}: expected None or 'int8'")
+        if quantize is not None:
+            # torch.ao's dynamic int8 is deprecated; int8 now runs through ONNX Runtime.
+            raise ValueError(f"quantize={quantize!r} is not available on the torch backend; "
+                             "load with backend='onnx' (or 'auto') for ONNX Runtime int8")
         if batch_size < 1 or text_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         self.device = pick_device(device)
-        if quantize == "int8" and self.device != "cpu":
-            raise ValueError(
-                f"quantize='int8' (dynamic int8 Linear layers) runs on CPU only, but device is {self.device!r}; "
-                "use device='cpu' or drop quantize (GPUs already run in fp16)"
-            )
         backend = backend or _backend_of(source)
         model_cls = _model_classes(backend)
 
         model = model_cls.from_pretrained(source)
         model.eval()
-        if quantize == "int8":
-            from torch.ao.quantization import quantize_dynamic
-
-            with warnings.catch_warnings():  # torch flags its quantized tensor API as deprecated
-                warnings.simplefilter("ignore")
-                model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         # read before any fp16 cast, which would round the temperature
         self._logit_scale = float(model.logit_scale.detach().float().exp().item())
         self.dtype = torch.float16 if self.device != "cpu" else torch.float32
@@ -161,8 +151,8 @@ class HFClipEmbedder:
             backend=backend,
             image_size=image_size,
             language="zh" if backend == "hf-chinese-clip" else "en",
-            quantization=quantize,
-            extra=extra,
+            quantization=None,
+            extra={**extra, "runtime": "torch"},
         )
 
     # -- Embedder protocol ---------------------------------------------------
