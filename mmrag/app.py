@@ -7,6 +7,7 @@ collaborators as arguments, so tests pass real tiny models or fakes directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mmrag.settings import Settings, get_settings
@@ -41,20 +42,26 @@ class App:
         """Load (once per process) the model: explicit > the collection's own > settings default."""
         name = model or (self.collection_model(collection) if collection else None) or self.settings.model
         if name not in self._embedders:
-            from mmrag.embedders import load_embedder
+            from mmrag.embedders.registry import load_embedder, resolve_model, resolve_runtime
 
-            if self.settings.torch_threads:
+            spec = resolve_model(name)
+            s = self.settings
+            runtime = resolve_runtime(s.backend, spec, device=s.device, quantize=s.quantize)
+            if s.threads and runtime == "torch":  # ONNX Runtime gets them per session; torch stays unimported
                 import torch
 
-                torch.set_num_threads(self.settings.torch_threads)
+                torch.set_num_threads(s.threads)
 
             embedder = load_embedder(
-                name,
-                device=self.settings.device,
-                quantize=self.settings.quantize,
-                fast_preprocess=self.settings.fast_preprocess,
-                batch_size=self.settings.batch_size,
-                text_batch_size=self.settings.text_batch_size,
+                spec,
+                device=s.device,
+                quantize=s.quantize,
+                fast_preprocess=s.fast_preprocess,
+                batch_size=s.batch_size,
+                text_batch_size=s.text_batch_size,
+                backend=runtime,
+                threads=s.threads,
+                onnx_cache=self.onnx_cache,
             )
             if self.settings.auto_batch and embedder.device != "cpu":
                 from mmrag.embedders.tuning import tune_batch_size
@@ -62,6 +69,11 @@ class App:
                 tune_batch_size(embedder, start=self.settings.batch_size)
             self._embedders[name] = embedder
         return self._embedders[name]
+
+    @property
+    def onnx_cache(self) -> Path:
+        """Exports of models that cannot be cached beside themselves (bundled, hub, read-only)."""
+        return Path(self.settings.home) / "cache" / "onnx"
 
     def close(self) -> None:
         if self._store is not None:

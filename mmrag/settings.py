@@ -53,11 +53,20 @@ class Settings(BaseSettings):
         description="JPEG draft-mode decoding of large JPEGs before the exact resize.",
     )
 
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto", validation_alias=AliasChoices("MMRAG_BACKEND", "backend"),
+        # auto = ONNX Runtime on CPU (measured faster, see README "ONNX Runtime backend"), torch on a GPU.
+        description="What runs the model: auto, torch or onnx. int8 always runs through ONNX Runtime.",
+    )
+    model_threads: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("MMRAG_MODEL_THREADS", "model_threads"),
+        description="CPU threads for the model (torch or ONNX Runtime); 0 = MMRAG_TORCH_THREADS, then the runtime's default.",
+    )
     torch_threads: int = Field(
         default=0, ge=0, validation_alias=AliasChoices("MMRAG_TORCH_THREADS", "torch_threads"),
         # 12-MP JPEGs on 2 idle cores: torch's default (2) gave 10.3 images/s end-to-end, 1 gave 7.9;
         # while other work loaded the machine, 1 thread held up better (8.0 against 4.3).
-        description="CPU threads for the model; 0 keeps torch's default.",
+        description="Old name of MMRAG_MODEL_THREADS, used when that is 0.",
     )
 
     # --- ingestion ----------------------------------------------------------
@@ -101,6 +110,12 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(default=6, ge=1, validation_alias=AliasChoices("MMRAG_RETRY_ATTEMPTS", "retry_attempts"))
     retry_max_seconds: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_MAX_SECONDS", "retry_max_seconds"))
     retry_initial_seconds: float = Field(default=0.5, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_INITIAL_SECONDS", "retry_initial_seconds"))
+
+
+    @property
+    def threads(self) -> int:
+        """Model CPU threads: MMRAG_MODEL_THREADS, else the older MMRAG_TORCH_THREADS (0 = runtime default)."""
+        return self.model_threads or self.torch_threads
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ def _app(args: argparse.Namespace):
         "batch_size": getattr(args, "batch_size", None),
         "workers": getattr(args, "workers", None),
         "decode_executor": getattr(args, "decode_executor", None),
-        "torch_threads": getattr(args, "torch_threads", None),
+        "model_threads": getattr(args, "model_threads", None),
+        "backend": getattr(args, "backend", None),
         "quantize": getattr(args, "quantize", None),
         "fast_preprocess": getattr(args, "fast_preprocess", None),
         "hnsw": getattr(args, "hnsw", None) or None,
@@ -84,7 +86,13 @@ def _retriever(args: argparse.Namespace, app, collection: str):
     )
 
 
+def _loading() -> None:
+    # Before the heavy imports (store client, model runtime): a person sees the command is working.
+    print("loading model …", file=sys.stderr, flush=True)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    _loading()
     from mmrag.store.filters import filter_from_cli
 
     app = _app(args)

@@ -14,6 +14,8 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     if model:
         p.add_argument("--model", "-m", help="registry name, HF id, local dir or cn_clip:NAME [MMRAG_MODEL]")
         p.add_argument("--device", help="auto|cpu|cuda|mps [MMRAG_DEVICE]")
+        p.add_argument("--backend", choices=["auto", "torch", "onnx"],
+                       help="what runs the model: auto (ONNX Runtime on CPU, torch on GPU), torch or onnx [MMRAG_BACKEND]")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -51,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decode workers (0 = one per core)")
     p.add_argument("--decode-executor", choices=["auto", "thread", "process"],
                    help="decode pool: auto (processes on a GPU, threads on CPU) [MMRAG_DECODE_EXECUTOR]")
-    p.add_argument("--torch-threads", type=int, help="CPU threads for the model (0 = torch default) [MMRAG_TORCH_THREADS]")
-    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation on CPU")
+    p.add_argument("--model-threads", "--torch-threads", dest="model_threads", type=int,
+                   help="CPU threads for the model, torch or ONNX Runtime (0 = runtime default) [MMRAG_MODEL_THREADS]")
+    p.add_argument("--quantize", choices=["int8"], help="int8 through ONNX Runtime dynamic quantisation, CPU only")
     p.add_argument("--fast-preprocess", action=argparse.BooleanOptionalAction, default=None,
                    help="JPEG draft-mode decoding of large JPEGs (default on; see README for its fidelity)")
     p.add_argument("--tag-labels", help="labels file (one per line) or comma list: auto-tag while ingesting")

@@ -156,7 +156,9 @@ def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
     """
     target = store.resolve(collection)
     info = embedder.info
-    wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization)
+    # The runtime is recorded for the record only: torch and ONNX fp32 vectors agree within 1e-5.
+    wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization,
+                            extra={"runtime": getattr(info, "runtime", "torch")})
     existing = store.get_spec(target)
     if existing is None:
         store.create_collection(wanted)

@@ -114,8 +114,10 @@ def check_compatible(existing: CollectionSpec, wanted: CollectionSpec) -> None:
             f"collection with --collection, or rebuild it with `mmrag reindex {name} --rebuild --model ...`."
         )
     if (existing.quantization or None) != (wanted.quantization or None):
+        legacy = (" ('int8' is the torch.ao int8 of earlier mmrag versions, replaced by ONNX Runtime's "
+                  "'int8-onnx', whose vectors differ)") if "int8" in (existing.quantization, wanted.quantization) else ""
         raise SchemaMismatch(
             f"collection {name!r} was embedded with quantization={existing.quantization!r}, but "
             f"quantization={wanted.quantization!r} was requested; the vectors would differ. Pass the same "
-            f"--quantize setting, or rebuild the collection with `mmrag reindex {name} --rebuild`."
+            f"--quantize setting, or rebuild the collection with `mmrag reindex {name} --rebuild`.{legacy}"
         )

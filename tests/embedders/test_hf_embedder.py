@@ -1,4 +1,5 @@
-"""HFClipEmbedder against the reference transformers computation, on tiny CLIP and Chinese-CLIP."""
+"""Both runtimes (transformers on torch, and the ONNX Runtime export) against the reference
+transformers computation, on tiny CLIP and Chinese-CLIP: within 1e-5 after normalisation."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def kind(request) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def runtime(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def model_dir(kind: str, request) -> Path:
     return request.getfixturevalue("tiny_clip_dir" if kind == "clip" else "tiny_chinese_clip_dir")
@@ -52,8 +58,10 @@ def reference(model_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def embedder(model_dir: Path) -> HFClipEmbedder:
-    return load_embedder(str(model_dir), device="cpu")
+def embedder(model_dir: Path, runtime: str) -> HFClipEmbedder:
+    e = load_embedder(str(model_dir), device="cpu", backend=runtime)
+    assert type(e).__name__ == {"torch": "HFClipEmbedder", "onnx": "OnnxClipEmbedder"}[runtime]
+    return e
 
 
 def _ref_images(reference, images: list[Image.Image]) -> np.ndarray:
@@ -70,7 +78,8 @@ def _ref_texts(reference, texts: list[str], **kw) -> np.ndarray:
     return _normalize(projected_features(out))
 
 
-def test_is_an_embedder_with_config_metadata(embedder: HFClipEmbedder, reference, model_dir: Path, kind: str) -> None:
+def test_is_an_embedder_with_config_metadata(embedder: HFClipEmbedder, reference, model_dir: Path, kind: str,
+                                             runtime: str) -> None:
     model, _ = reference
     assert isinstance(embedder, Embedder)
     info = embedder.info
@@ -80,6 +89,7 @@ def test_is_an_embedder_with_config_metadata(embedder: HFClipEmbedder, reference
     assert info.backend == ("hf-clip" if kind == "clip" else "hf-chinese-clip")
     assert info.language == ("en" if kind == "clip" else "zh")
     assert info.quantization is None
+    assert info.runtime == info.extra["runtime"] == runtime
     assert info.extra["preprocess"] == "exact" and "draft_size" not in info.extra
     assert embedder.draft_size is None
     assert embedder.max_text_length == (77 if kind == "clip" else 52)
@@ -154,8 +164,8 @@ def test_long_text_is_truncated_to_model_limit(embedder: HFClipEmbedder, referen
     np.testing.assert_allclose(embedder.embed_texts([text]), expected, atol=1e-5, rtol=0)
 
 
-def test_batching_gives_the_same_vectors(model_dir: Path, embedder: HFClipEmbedder, kind: str) -> None:
-    small = load_embedder(str(model_dir), device="cpu", batch_size=2, text_batch_size=2)
+def test_batching_gives_the_same_vectors(model_dir: Path, embedder: HFClipEmbedder, kind: str, runtime: str) -> None:
+    small = load_embedder(str(model_dir), device="cpu", batch_size=2, text_batch_size=2, backend=runtime)
     images = [_image(size, "RGB", seed=7) for size in SIZES] * 2
     np.testing.assert_allclose(small.embed_images(images), embedder.embed_images(images), atol=1e-5, rtol=0)
     texts = TEXTS[kind] + TEXTS[kind][:1]
@@ -173,40 +183,58 @@ def test_empty_inputs(embedder: HFClipEmbedder) -> None:
         embedder.embed_pixels(np.zeros((3, 32, 32), np.float32))
 
 
-def test_local_dir_prefix_loads_the_same_model(model_dir: Path, embedder: HFClipEmbedder, kind: str) -> None:
-    other = load_embedder("local-dir:" + str(model_dir), device="cpu")
+def test_local_dir_prefix_loads_the_same_model(model_dir: Path, embedder: HFClipEmbedder, kind: str,
+                                               runtime: str) -> None:
+    other = load_embedder("local-dir:" + str(model_dir), device="cpu", backend=runtime)
     assert other.info == embedder.info
     np.testing.assert_array_equal(other.embed_texts(TEXTS[kind][:2]), embedder.embed_texts(TEXTS[kind][:2]))
 
 
-def test_int8_quantisation(model_dir: Path, embedder: HFClipEmbedder, kind: str) -> None:
-    q = load_embedder(str(model_dir), device="cpu", quantize="int8")
-    assert q.info.quantization == "int8"
-    assert q.info.fingerprint() != embedder.info.fingerprint()
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+def test_int8_runs_through_onnx_runtime(model_dir: Path, embedder: HFClipEmbedder, kind: str) -> None:
+    import onnx
 
-    modules = list(q.model.modules())
-    assert sum(isinstance(m, DynamicQuantizedLinear) for m in modules) > 0
-    assert not any(type(m) is torch.nn.Linear for m in modules)  # every float Linear was replaced
+    q = load_embedder(str(model_dir), device="cpu", quantize="int8")  # auto: int8 means ONNX Runtime
+    assert (q.info.quantization, q.info.runtime) == ("int8-onnx", "onnx")
+    assert q.info.fingerprint() != embedder.info.fingerprint()
     images = [_image(size, "RGB") for size in SIZES]
     for a, b in ((q.embed_images(images), embedder.embed_images(images)),
                  (q.embed_texts(TEXTS[kind]), embedder.embed_texts(TEXTS[kind]))):
         assert a.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-        assert np.min(np.sum(a * b, axis=1)) > 0.9
+        assert np.min(np.sum(a * b, axis=1)) > 0.99
+        assert not np.allclose(a, b, atol=1e-6)  # really a different computation
+    for tower in ("vision", "text"):  # every MatMul of the towers became an integer one
+        ops = [n.op_type for n in onnx.load(str(q.export_dir / f"{tower}.int8.onnx")).graph.node]
+        assert ops.count("MatMulInteger") >= 4 and "DynamicQuantizeLinear" in ops
+        fp32_ops = [n.op_type for n in onnx.load(str(q.export_dir / f"{tower}.onnx")).graph.node]
+        assert "MatMulInteger" not in fp32_ops
     assert q.logit_scale == pytest.approx(embedder.logit_scale)
 
 
-def test_int8_refuses_gpu(model_dir: Path, monkeypatch) -> None:
-    import mmrag.embedders.hf as hf
+def test_torch_backend_refuses_int8(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="runs through ONNX Runtime"):
+        load_embedder(str(model_dir), device="cpu", quantize="int8", backend="torch")
+    with pytest.raises(ValueError, match="not available on the torch backend"):
+        HFClipEmbedder(str(model_dir), device="cpu", quantize="int8")
 
-    monkeypatch.setattr(hf, "pick_device", lambda pref: "cuda")
-    with pytest.raises(ValueError, match="runs on CPU only, but device is 'cuda'"):
+
+def test_int8_refuses_gpu(model_dir: Path, monkeypatch) -> None:
+    import mmrag.embedders.onnx as onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "_providers", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="runs on CPU only"):
         load_embedder(str(model_dir), device="cuda", quantize="int8")
 
 
-def test_fast_preprocess_is_recorded(model_dir: Path) -> None:
-    fast = load_embedder(str(model_dir), device="cpu", fast_preprocess=True)
+def test_onnx_and_torch_fp32_share_a_fingerprint(model_dir: Path) -> None:
+    a = load_embedder(str(model_dir), device="cpu", backend="torch")
+    b = load_embedder(str(model_dir), device="cpu", backend="onnx")
+    assert a.info.fingerprint() == b.info.fingerprint()  # same vectors: one collection may hold both
+    assert (a.info.runtime, b.info.runtime) == ("torch", "onnx")
+
+
+def test_fast_preprocess_is_recorded(model_dir: Path, runtime: str) -> None:
+    fast = load_embedder(str(model_dir), device="cpu", fast_preprocess=True, backend=runtime)
     assert fast.info.extra["preprocess"] == "fast"
     assert fast.info.extra["draft_size"] == fast.draft_size == 32
 
@@ -232,7 +260,9 @@ def test_ensure_rgb_composites_alpha_on_white() -> None:
     assert ensure_rgb(rgb) is rgb
 
 
-def test_preprocess_converts_when_processor_does_not(embedder: HFClipEmbedder, monkeypatch) -> None:
+def test_preprocess_converts_when_processor_does_not(embedder: HFClipEmbedder, runtime: str, monkeypatch) -> None:
+    if runtime != "torch":
+        pytest.skip("only the torch runtime falls back to the image processor")
     gray = _image((20, 10), "L")
     monkeypatch.setattr(embedder, "_processor_converts_rgb", False)
     monkeypatch.setattr(embedder.image_processor, "do_convert_rgb", False)

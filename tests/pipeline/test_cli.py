@@ -122,7 +122,7 @@ def test_torch_threads_setting_reaches_torch(env, capsys):
 
     before = torch.get_num_threads()
     try:
-        assert main(["ingest", str(env["corpus"]), "-c", "photos", "--quiet", "--torch-threads", "1"]) == 0
+        assert main(["ingest", str(env["corpus"]), "-c", "photos", "--quiet", "--backend", "torch", "--torch-threads", "1"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
