@@ -42,7 +42,8 @@ class App:
         """Load (once per process) the model: explicit > the collection's own > settings default."""
         name = model or (self.collection_model(collection) if collection else None) or self.settings.model
         if name not in self._embedders:
-            from mmrag.embedders.registry import load_embedder, resolve_model, resolve_runtime
+            from mmrag.embedders import load_embedder
+            from mmrag.embedders.registry import resolve_model, resolve_runtime
 
             spec = resolve_model(name)
             s = self.settings

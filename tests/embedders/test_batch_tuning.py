@@ -80,7 +80,7 @@ def test_other_errors_are_not_taken_for_out_of_memory() -> None:
 
 
 def test_hf_embedder_halves_its_batch_on_out_of_memory_and_loses_nothing(tiny_clip_dir: Path, caplog) -> None:
-    embedder = load_embedder(str(tiny_clip_dir), device="cpu", batch_size=8)
+    embedder = load_embedder(str(tiny_clip_dir), device="cpu", batch_size=8, backend="torch")
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((11, 3, 32, 32)).astype(np.float32)
     expected = embedder.embed_pixels(pixels)
@@ -115,7 +115,7 @@ def test_hf_embedder_halves_its_batch_on_out_of_memory_and_loses_nothing(tiny_cl
 
 
 def test_tuning_a_real_embedder_keeps_its_vectors(tiny_clip_dir: Path) -> None:
-    embedder = load_embedder(str(tiny_clip_dir), device="cpu", batch_size=2)
+    embedder = load_embedder(str(tiny_clip_dir), device="cpu", batch_size=2, backend="torch")
     pixels = np.random.default_rng(1).standard_normal((9, 3, 32, 32)).astype(np.float32)
     before = embedder.embed_pixels(pixels)
     result = tune_batch_size(embedder, start=2, limit=8, min_seconds=0.0)

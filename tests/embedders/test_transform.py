@@ -73,7 +73,7 @@ def test_the_embedders_use_it(tiny_clip_dir: Path, tiny_chinese_clip_dir: Path) 
     from mmrag.embedders import load_embedder
 
     for folder in (tiny_clip_dir, tiny_chinese_clip_dir):
-        embedder = load_embedder(str(folder), device="cpu")
+        embedder = load_embedder(str(folder), device="cpu", backend="torch")
         assert isinstance(embedder.portable_preprocess, ClipTransform)
         image = _image((90, 61), "RGBA")
         expected = embedder.image_processor(images=image, return_tensors="np")["pixel_values"][0]
