@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,37 @@ def _retriever(args: argparse.Namespace, app, collection: str):
     )
 
 
+_FILTER_KEY = re.compile(r"^\s*(?P<key>[^!<>=~]*)(?P<op>[!<>=~]+)(?P<value>.*)$", re.S)
+
+
+def _cli_filters(pairs: list[str]) -> list[str]:
+    """`--filter` strings as the store needs them, with a warning for each likely typo.
+
+    `format` is stored upper case (Pillow's names: JPEG, PNG, ...), so its values are
+    upper-cased here: `format=jpeg` matches. A key that is no payload field, or `k=>v`,
+    would silently match nothing: say so, naming the indexed fields.
+    """
+    from mmrag.store.schema import PAYLOAD_FIELDS, PAYLOAD_INDEXES
+
+    out = []
+    for text in pairs:
+        m = _FILTER_KEY.match(text)
+        if m is None:
+            out.append(text)
+            continue
+        key, op, value = m["key"].strip(), m["op"], m["value"]
+        if key and key not in PAYLOAD_FIELDS:
+            _status(f"mmrag: warning: {key!r} is not a field mmrag writes, so --filter {text!r} matches only "
+                    f"points whose manifest set it; indexed fields: {', '.join(PAYLOAD_INDEXES)}")
+        if op in ("=>", "=<"):
+            _status(f"mmrag: warning: --filter {text!r} compares {key} with the text {op[1:] + value!r} and "
+                    f"matches nothing; did you mean {key}{op[::-1]}{value}?")
+        if key == "format":
+            text = f"{m['key']}{op}{value.upper()}"
+        out.append(text)
+    return out
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from mmrag.store.filters import filter_from_cli
 
@@ -107,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"query image not found: {args.image}")
     try:
-        flt = filter_from_cli(args.filter or [])
+        flt = filter_from_cli(_cli_filters(args.filter or []))
     except ValueError as e:
         raise UsageError(str(e)) from e
     query: Any = Path(args.image) if args.image else args.query
