@@ -6,16 +6,49 @@ collaborators as arguments, so tests pass real tiny models or fakes directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmrag.errors import RunFailed, UsageError
 from mmrag.settings import Settings, get_settings
+
+
+def quiet_model_loading() -> None:
+    """No transformers "Loading weights" bar and no hub retry chatter: one line of ours instead."""
+    import logging
+
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def check_reachable(url: str, *, timeout: float = 3.0) -> None:
+    """One TCP connect to a Qdrant URL: a closed port fails in milliseconds, naming the URL,
+    instead of after the client's own timeouts and our retries (17 s and no URL before)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 6333)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise RunFailed(
+            f"cannot reach Qdrant at {url} ({exc.strerror or exc}). Start the server, fix QDRANT_URL, "
+            f"or unset QDRANT_URL to use the embedded store in MMRAG_HOME."
+        ) from exc
 
 
 @dataclass
 class App:
     settings: Settings = field(default_factory=get_settings)
+    # Called with one status line ("loading model ...") before slow steps; the CLI prints it.
+    announce: Callable[[str], None] | None = None
     _store: Any = None
     _embedders: dict[str, Any] = field(default_factory=dict)
 
@@ -25,23 +58,54 @@ class App:
             from mmrag.store import open_store
             from mmrag.store.retry import RetryingStore, RetryPolicy
 
-            store = open_store(self.settings)
-            if self.settings.qdrant_url and self.settings.qdrant_url != ":memory:":
+            url = self.settings.qdrant_url
+            if url and url != ":memory:":
+                check_reachable(url, timeout=min(3.0, self.settings.qdrant_timeout))
+            store = self._open(open_store)
+            if url and url != ":memory:":
                 # Only a remote server has transient failures worth retrying.
                 store = RetryingStore(store, RetryPolicy.from_settings(self.settings))
             self._store = store
         return self._store
 
+    def _open(self, open_store: Any) -> Any:
+        try:
+            return open_store(self.settings)
+        except PermissionError as exc:
+            raise UsageError(
+                f"the data directory {self.settings.home} is not writable ({exc.strerror or exc}); the "
+                f"embedded store needs write access even to read. Fix its permissions, or set "
+                f"MMRAG_HOME (--home) to a writable copy."
+            ) from exc
+
+    def collection_spec(self, collection: str) -> Any:
+        """The CollectionSpec recorded in an existing collection, or None."""
+        store = self.store
+        return store.get_spec(store.resolve(collection))
+
     def collection_model(self, collection: str) -> str | None:
         """The model id recorded in an existing collection, if any."""
-        store = self.store
-        spec = store.get_spec(store.resolve(collection))
+        spec = self.collection_spec(collection)
         return spec.model_id if spec else None
 
     def embedder(self, model: str | None = None, *, collection: str | None = None) -> Any:
-        """Load (once per process) the model: explicit > the collection's own > settings default."""
-        name = model or (self.collection_model(collection) if collection else None) or self.settings.model
+        """Load (once per process) the model: explicit > the collection's own > settings default.
+
+        With `collection`, the model is checked against the one that filled it (the check
+        ingest makes), so no read path embeds queries with a model of another space.
+        """
+        from mmrag.store.schema import check_model
+
+        spec = self.collection_spec(collection) if collection else None
+        embedder = self._load(model or (spec.model_id if spec else None) or self.settings.model)
+        check_model(spec, embedder.info)
+        return embedder
+
+    def _load(self, name: str) -> Any:
         if name not in self._embedders:
+            if self.announce is not None:
+                self.announce(f"loading model {name} ...")
+            quiet_model_loading()
             from mmrag.embedders import load_embedder
             from mmrag.embedders.registry import resolve_model, resolve_runtime
 

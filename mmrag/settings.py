@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
+        # Every setting is MMRAG_<NAME>: bare names would match HOME, MODEL, DEVICE, ... of the
+        # user's shell (pydantic-settings ignores case). Only the QDRANT_* names keep an alias.
+        env_prefix="MMRAG_",
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
@@ -26,28 +29,25 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------
     home: Path = Field(
         default=Path(".mmrag"),
-        validation_alias=AliasChoices("MMRAG_HOME", "home"),
         description="Data directory of the embedded store, locks and reports.",
     )
     collection: str = Field(
-        default="mmrag", validation_alias=AliasChoices("MMRAG_COLLECTION", "collection")
+        default="mmrag"
     )
 
     # --- model --------------------------------------------------------------
     model: str = Field(
         default="clip-vit-b32",
-        validation_alias=AliasChoices("MMRAG_MODEL", "model"),
         description="Registry name, HF model id, local directory, or cn_clip:NAME.",
     )
     device: str = Field(
-        default="auto", validation_alias=AliasChoices("MMRAG_DEVICE", "device")
+        default="auto"
     )
     quantize: Literal["int8"] | None = Field(
-        default=None, validation_alias=AliasChoices("MMRAG_QUANTIZE", "quantize")
+        default=None
     )
     fast_preprocess: bool = Field(
         default=True,
-        validation_alias=AliasChoices("MMRAG_FAST_PREPROCESS", "fast_preprocess"),
         # On by default because its measured difference is negligible: embedding cosine to the
         # reference path min 0.99999 on 12-MP photos, 0.99994 on mixed images (bench/ingest.py).
         description="JPEG draft-mode decoding of large JPEGs before the exact resize.",
@@ -63,39 +63,39 @@ class Settings(BaseSettings):
         description="CPU threads for the model (torch or ONNX Runtime); 0 = MMRAG_TORCH_THREADS, then the runtime's default.",
     )
     torch_threads: int = Field(
-        default=0, ge=0, validation_alias=AliasChoices("MMRAG_TORCH_THREADS", "torch_threads"),
+        default=0, ge=0,
         # 12-MP JPEGs on 2 idle cores: torch's default (2) gave 10.3 images/s end-to-end, 1 gave 7.9;
         # while other work loaded the machine, 1 thread held up better (8.0 against 4.3).
         description="Old name of MMRAG_MODEL_THREADS, used when that is 0.",
     )
 
     # --- ingestion ----------------------------------------------------------
-    batch_size: int = Field(default=32, ge=1, validation_alias=AliasChoices("MMRAG_BATCH_SIZE", "batch_size"))
+    batch_size: int = Field(default=32, ge=1)
     auto_batch: bool = Field(
-        default=True, validation_alias=AliasChoices("MMRAG_AUTO_BATCH", "auto_batch"),
+        default=True,
         # H100, ViT-B/32 fp16: 4,951 images/s at 32, 14,077 at 128, 15,052 at 256, 15,463 at 512.
         description="On a GPU, double the image batch from MMRAG_BATCH_SIZE while images/s grows >= 5% "
                     "and memory allows, once per model load. Out-of-memory always halves the batch.",
     )
-    text_batch_size: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_TEXT_BATCH_SIZE", "text_batch_size"))
-    write_batch_size: int = Field(default=256, ge=1, validation_alias=AliasChoices("MMRAG_WRITE_BATCH_SIZE", "write_batch_size"))
-    workers: int = Field(default=0, ge=0, validation_alias=AliasChoices("MMRAG_WORKERS", "workers"),
+    text_batch_size: int = Field(default=128, ge=1)
+    write_batch_size: int = Field(default=256, ge=1)
+    workers: int = Field(default=0, ge=0,
                          description="Decode workers; 0 picks one per CPU core.")
     decode_executor: Literal["auto", "thread", "process"] = Field(
-        default="auto", validation_alias=AliasChoices("MMRAG_DECODE_EXECUTOR", "decode_executor"),
+        default="auto",
         # auto: processes when the model runs on a GPU (decode is then the bottleneck, and on a
         # 16-core H100 host 16 decode threads reached only ~3 cores' worth: the GIL), threads on
         # CPU, where decode shares the cores with the model anyway.
         description="Decode pool: thread, process, or auto (process on a GPU, thread on CPU).",
     )
-    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MMRAG_MAX_FILE_BYTES", "max_file_bytes"))
-    max_image_pixels: int = Field(default=89_478_485, ge=1, validation_alias=AliasChoices("MMRAG_MAX_IMAGE_PIXELS", "max_image_pixels"),
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=89_478_485, ge=1,
                                   description="Decompression-bomb limit (PIL's default).")
 
     # --- search -------------------------------------------------------------
-    hnsw: bool = Field(default=False, validation_alias=AliasChoices("MMRAG_HNSW", "hnsw"),
+    hnsw: bool = Field(default=False,
                        description="Approximate search; exact search is the default.")
-    hnsw_ef: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_HNSW_EF", "hnsw_ef"))
+    hnsw_ef: int = Field(default=128, ge=1)
 
     # --- remote Qdrant ------------------------------------------------------
     qdrant_url: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
@@ -103,13 +103,13 @@ class Settings(BaseSettings):
     qdrant_prefer_grpc: bool = Field(default=False, validation_alias=AliasChoices("QDRANT_PREFER_GRPC", "qdrant_prefer_grpc"))
     qdrant_https: bool | None = Field(default=None, validation_alias=AliasChoices("QDRANT_HTTPS", "qdrant_https"))
     qdrant_timeout: float = Field(default=30.0, gt=0, validation_alias=AliasChoices("QDRANT_TIMEOUT", "qdrant_timeout"))
-    shard_number: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_SHARD_NUMBER", "shard_number"))
-    replication_factor: int | None = Field(default=None, ge=1, validation_alias=AliasChoices("MMRAG_REPLICATION_FACTOR", "replication_factor"))
+    shard_number: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
 
     # --- retries (remote store) ---------------------------------------------
-    retry_attempts: int = Field(default=6, ge=1, validation_alias=AliasChoices("MMRAG_RETRY_ATTEMPTS", "retry_attempts"))
-    retry_max_seconds: float = Field(default=60.0, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_MAX_SECONDS", "retry_max_seconds"))
-    retry_initial_seconds: float = Field(default=0.5, gt=0, validation_alias=AliasChoices("MMRAG_RETRY_INITIAL_SECONDS", "retry_initial_seconds"))
+    retry_attempts: int = Field(default=6, ge=1)
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
 
 
     @property

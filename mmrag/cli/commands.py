@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
-def _app(args: argparse.Namespace):
+def _app(args: argparse.Namespace, *, announce: bool = True):
     from mmrag.app import App
     from mmrag.settings import Settings
 
@@ -35,7 +36,16 @@ def _app(args: argparse.Namespace):
         "fast_preprocess": getattr(args, "fast_preprocess", None),
         "hnsw": getattr(args, "hnsw", None) or None,
     }.items() if v is not None}
-    return App(Settings(**overrides))
+    return App(Settings(**overrides), announce=_status if announce and not _quiet(args) else None)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _status(line: str) -> None:
+    """A status line on stderr (stdout stays the result, for --json and pipes)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _collection(args: argparse.Namespace, app) -> str:
@@ -44,14 +54,15 @@ def _collection(args: argparse.Namespace, app) -> str:
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from mmrag.ingest import IngestOptions, run_ingest
+    from mmrag.ingest import IngestOptions, check_corpus, run_ingest
 
+    if args.corpus is None and args.manifest is None:
+        raise UsageError("give a corpus folder, --manifest, or both")
+    check_corpus(args.corpus, args.manifest)  # before the model loads: bad paths fail in a second
+    tag_labels = _read_labels(args.tag_labels) if args.tag_labels else None
     app = _app(args)
     collection = _collection(args, app)
     embedder = app.embedder(args.model, collection=collection)
-    if args.corpus is None and args.manifest is None:
-        raise UsageError("give a corpus folder, --manifest, or both")
-    tag_labels = _read_labels(args.tag_labels) if args.tag_labels else None
     report = run_ingest(
         app.store,
         embedder,
@@ -60,10 +71,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         prune=args.prune,
         options=IngestOptions.from_settings(app.settings, embedder),
-        progress=not args.json and not args.quiet,
+        progress=not args.json and not _quiet(args),
         tag_labels=tag_labels,
         include_unlisted=args.include_unlisted,
     )
+    if report.notes and not _quiet(args):
+        for note in report.notes:
+            _status(f"mmrag: note: {note}")
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -86,29 +100,62 @@ def _retriever(args: argparse.Namespace, app, collection: str):
     )
 
 
-def _loading() -> None:
+def _loading(args: argparse.Namespace) -> None:
     # Before the heavy imports (store client, model runtime): a person sees the command is working.
-    print("loading model …", file=sys.stderr, flush=True)
+    if not _quiet(args):
+        _status("loading model …")
+
+
+_FILTER_KEY = re.compile(r"^\s*(?P<key>[^!<>=~]*)(?P<op>[!<>=~]+)(?P<value>.*)$", re.S)
+
+
+def _cli_filters(pairs: list[str]) -> list[str]:
+    """`--filter` strings as the store needs them, with a warning for each likely typo.
+
+    `format` is stored upper case (Pillow's names: JPEG, PNG, ...), so its values are
+    upper-cased here: `format=jpeg` matches. A key that is no payload field, or `k=>v`,
+    would silently match nothing: say so, naming the indexed fields.
+    """
+    from mmrag.store.schema import PAYLOAD_FIELDS, PAYLOAD_INDEXES
+
+    out = []
+    for text in pairs:
+        m = _FILTER_KEY.match(text)
+        if m is None:
+            out.append(text)
+            continue
+        key, op, value = m["key"].strip(), m["op"], m["value"]
+        if key and key not in PAYLOAD_FIELDS:
+            _status(f"mmrag: warning: {key!r} is not a field mmrag writes, so --filter {text!r} matches only "
+                    f"points whose manifest set it; indexed fields: {', '.join(PAYLOAD_INDEXES)}")
+        if op in ("=>", "=<"):
+            _status(f"mmrag: warning: --filter {text!r} compares {key} with the text {op[1:] + value!r} and "
+                    f"matches nothing; did you mean {key}{op[::-1]}{value}?")
+        if key == "format":
+            text = f"{m['key']}{op}{value.upper()}"
+        out.append(text)
+    return out
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    _loading()
+    _loading(args)
     from mmrag.store.filters import filter_from_cli
 
-    app = _app(args)
-    collection = _collection(args, app)
-    if app.store.get_spec(app.store.resolve(collection)) is None:
-        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    # Arguments first: a typo must not cost a model load.
     if (args.query is None) == (args.image is None):
         raise UsageError("give a text query or --image PATH (exactly one)")
-    retriever = _retriever(args, app, collection)
+    if args.image and not Path(args.image).is_file():
+        raise UsageError(f"query image not found: {args.image}")
     try:
-        flt = filter_from_cli(args.filter or [])
+        flt = filter_from_cli(_cli_filters(args.filter or []))
     except ValueError as e:
         raise UsageError(str(e)) from e
     query: Any = Path(args.image) if args.image else args.query
-    if args.image and not Path(args.image).is_file():
-        raise UsageError(f"query image not found: {args.image}")
+    app = _app(args, announce=False)  # the loading line is already out
+    collection = _collection(args, app)
+    if app.store.get_spec(app.store.resolve(collection)) is None:
+        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    retriever = _retriever(args, app, collection)
     docs = retriever.search(
         query,
         query_type="image" if args.image else "text",
@@ -164,14 +211,24 @@ def _templates_arg(args: argparse.Namespace) -> Any:
     return args.template or args.templates
 
 
+def _embedder(args: argparse.Namespace, app) -> Any:
+    """The model for commands that read files, not the store: with -c, the collection's own
+    (checked like every read path); else --model or MMRAG_MODEL."""
+    return app.embedder(args.model, collection=args.collection)
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from mmrag.tasks.classify import classify_paths
 
+    labels = _labels_arg(args)
+    for path in args.paths:
+        if not Path(path).exists():
+            raise UsageError(f"not found: {path}")
     app = _app(args)
     report = classify_paths(
-        app.embedder(args.model),
+        _embedder(args, app),
         args.paths,
-        _labels_arg(args),
+        labels,
         templates=_templates_arg(args),
         templates_file=args.templates_file,
         top_k=args.top_k,
@@ -192,17 +249,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from mmrag.tasks.tagging import tag_collection
+    from mmrag.tasks.tagging import default_threshold, tag_collection
 
+    labels = _labels_arg(args)
+    threshold = args.threshold if args.threshold is not None else default_threshold(len(labels))
     app = _app(args)
     collection = _collection(args, app)
     report = tag_collection(
         app.store,
         collection,
         app.embedder(args.model, collection=collection),
-        _labels_arg(args),
+        labels,
         templates=_templates_arg(args),
-        threshold=args.threshold,
+        threshold=threshold,
         top=args.top,
         progress=not args.json,
         cache_dir=app.settings.home / "cache",
@@ -221,7 +280,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise UsageError(f"image not found: {path}")
     # A second argument that is not a file is read as text by similarity_report; --text makes that explicit.
-    _emit(args, similarity_report(app.embedder(args.model), args.a, args.b if args.b else args.text))
+    _emit(args, similarity_report(_embedder(args, app), args.a, args.b if args.b else args.text))
     return EXIT_OK
 
 
@@ -239,8 +298,10 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
     from mmrag.tasks.evaluate import eval_zeroshot
 
+    if not Path(args.root).is_dir():
+        raise UsageError(f"not a folder: {args.root}")
     app = _app(args)
-    report = eval_zeroshot(app.embedder(args.model), args.root, label_map=args.label_map,
+    report = eval_zeroshot(_embedder(args, app), args.root, label_map=args.label_map,
                            templates=_templates_arg(args), batch_size=app.settings.batch_size,
                            progress=not args.json, workers=app.settings.workers or 1,
                            cache_dir=app.settings.home / "cache")
@@ -255,9 +316,14 @@ def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from mmrag.tasks.evaluate import eval_retrieval
 
+    try:
+        ks = tuple(int(k) for k in args.ks.split(","))
+    except ValueError:
+        raise UsageError(f"--ks takes comma-separated whole numbers, got {args.ks!r}") from None
+    if not Path(args.manifest).is_file():
+        raise UsageError(f"manifest not found: {args.manifest}")
     app = _app(args)
-    ks = tuple(int(k) for k in args.ks.split(","))
-    report = eval_retrieval(app.embedder(args.model), args.manifest, root=args.root, ks=ks,
+    report = eval_retrieval(_embedder(args, app), args.manifest, root=args.root, ks=ks,
                             batch_size=app.settings.batch_size, progress=not args.json,
                             workers=app.settings.workers or 1)
     if args.out:
@@ -295,7 +361,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_pipeline(
         pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
         options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
-        progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+        progress=not args.json and not _quiet(args), prune=args.prune, keep=args.keep, migrate=args.migrate,
     )
     return _job_result(args, report)
 
@@ -315,7 +381,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             return _job_result(args, run_pipeline(
                 pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
                 options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
-                progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+                progress=not args.json and not _quiet(args), prune=args.prune, keep=args.keep, migrate=args.migrate,
             ))
     if args.rollback:
         return _job_result(args, rollback(target, store=app.store, home=app.settings.home, to=args.to))
@@ -335,7 +401,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         keep_versions=args.keep or 2, model=args.model,
     )
     common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
-                  progress=not args.json and not args.quiet)
+                  progress=not args.json and not _quiet(args))
     if args.rebuild:
         return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, **common))
     from mmrag.jobs.reindex import sync
@@ -476,6 +542,15 @@ def cmd_collections(args: argparse.Namespace) -> int:
         for r in rows:
             alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
             print(f"{r['name']}{alias}: {r['points']} points, model {r['model_id']}, dim {r['dim']}")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    from mmrag.cli.parser import build_parser
+
+    print(shtab.complete(build_parser(), shell=args.shell))
     return EXIT_OK
 
 

@@ -16,6 +16,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # The hub client logs every retry of every request (twice); our errors say what failed.
+        for name in ("huggingface_hub", "httpx", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, load_rgb, to_rgb
+from mmrag.corpus.formats import IMAGE_EXTENSIONS, IMAGE_SUFFIXES, sniff_image_signature
 from mmrag.corpus.manifest import read_manifest
-from mmrag.corpus.scan import IMAGE_EXTENSIONS, scan_folder, sidecar_caption, sniff_image_signature
+from mmrag.corpus.scan import scan_folder, sidecar_caption
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_SUFFIXES",
     "CorpusItem",
     "DecodedImage",
     "ImageDecodeError",
@@ -44,6 +47,7 @@ def iter_corpus(
     *,
     include_unlisted: bool = False,
     follow_symlinks: bool = False,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[CorpusItem | SkippedFile]:
     """Every image of a corpus, as CorpusItem, or SkippedFile for what cannot be used.
 
@@ -55,7 +59,7 @@ def iter_corpus(
     """
     root = Path(root)
     if manifest is None:
-        yield from scan_folder(root, follow_symlinks=follow_symlinks)
+        yield from scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored)
         return
     if not root.is_dir():
         raise NotADirectoryError(f"corpus root is not a folder: {root}")
@@ -64,6 +68,6 @@ def iter_corpus(
         listed.add(entry.rel_path)
         yield with_sidecar_caption(entry) if isinstance(entry, CorpusItem) else entry
     if include_unlisted:
-        for entry in scan_folder(root, follow_symlinks=follow_symlinks):
+        for entry in scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored):
             if entry.rel_path not in listed:
                 yield entry

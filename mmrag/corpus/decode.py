@@ -5,14 +5,16 @@ it never raises for bad input. Every failure becomes a SkippedFile whose reason
 starts with one of:
 
     "file not found", "empty file", "file too large (...)",
-    "not an image (cannot identify image file)", "truncated or corrupt image: ...",
+    "not an image (cannot identify image file)", "unsupported or corrupt image (Pillow: ...)"
+    (it starts like an image but Pillow cannot open it), "truncated or corrupt image: ...",
     "decompression bomb: ...", "preprocess failed: ...", "unreadable: ..."
 
 Colour handling (everything comes out as 8-bit RGB):
 - transparency (RGBA, LA, PA, palette or single-colour tRNS) is composited onto
   WHITE: transparent logos and icons are drawn on light pages far more often
   than on black, and dropping alpha would expose arbitrary hidden colours;
-- 16-bit greyscale ("I;16*") is scaled to 8 bits (v * 255 / 65535), not clipped;
+- 16-bit greyscale ("I;16*") is scaled to 8 bits (v * 255 / 65535), not clipped; its
+  single-colour transparency (tRNS) is composited on white like every other mode;
 - "I" (32-bit int) is treated as 16-bit data when it comes from PNG or holds
   values above 255, else as 8-bit; "F" (float) as [0, 1] when max <= 1, else [0, 255];
 - CMYK, 1-bit, palette, YCbCr use Pillow's conversion;
@@ -42,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmrag.corpus.formats import sniff_image_signature
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 from mmrag.errors import UsageError
 
@@ -338,6 +341,10 @@ def _decode_bytes(
     try:
         img = Image.open(io.BytesIO(data), formats=_open_formats())
     except UnidentifiedImageError as exc:
+        if sniff_image_signature(data[:16]):
+            # It starts like an image (a multi-page TIFF with an odd layout, say): say that
+            # Pillow failed on it, not that it is no image at all.
+            raise ImageDecodeError(f"unsupported or corrupt image (Pillow: {exc})") from exc
         raise ImageDecodeError("not an image (cannot identify image file)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from exc
@@ -363,6 +370,7 @@ def _decode_bytes(
         except Exception as exc:
             raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
 
+        _reduce_16bit_rgb_key(img, fmt, data)
         orientation = _orientation(img)
         if orientation in _SWAPPING_ORIENTATIONS:
             width, height = height, width
@@ -376,6 +384,19 @@ def _decode_bytes(
         if rgb is img:
             rgb = img.copy()  # closing the file would invalidate the pixels of `img` itself
     return rgb, fmt, (width, height)
+
+
+def _reduce_16bit_rgb_key(img: Image.Image, fmt: str, data: bytes) -> None:
+    """A 16-bit RGB PNG's tRNS colour, brought to the 8 bits Pillow keeps of each sample.
+
+    Pillow decodes 16-bit RGB to 8-bit RGB by the high byte but keeps the 16-bit key, which
+    then matches no pixel: the transparency was lost. Samples sharing the key's high bytes
+    become transparent, the closest 8 bits can come.
+    """
+    key = img.info.get("transparency")
+    # byte 24 of a PNG is the IHDR bit depth
+    if fmt == "PNG" and isinstance(key, tuple) and len(data) > 24 and data[24] == 16 and img.mode == "RGB":
+        img.info["transparency"] = tuple(int(v) >> 8 for v in key)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -402,12 +423,13 @@ def to_rgb(img: Image.Image, *, source_format: str | None = None) -> Image.Image
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode.startswith("I;16"):
-        return _grey_to_rgb(_scale_16bit(np.asarray(img)))
+        arr = np.asarray(img)
+        return _grey_to_rgb(_on_white(_scale_16bit(arr), arr, img.info))
     if mode == "I":
         arr = np.asarray(img).astype(np.int64)
         if source_format == "PNG" or (arr.size and arr.max() > 255):
-            return _grey_to_rgb(_scale_16bit(arr))
-        return _grey_to_rgb(np.clip(arr, 0, 255).astype(np.uint8))
+            return _grey_to_rgb(_on_white(_scale_16bit(arr), arr, img.info))
+        return _grey_to_rgb(_on_white(np.clip(arr, 0, 255).astype(np.uint8), arr, img.info))
     if mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         if arr.size and arr.max() <= 1.0:
@@ -418,6 +440,20 @@ def to_rgb(img: Image.Image, *, source_format: str | None = None) -> Image.Image
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _on_white(grey: np.ndarray, raw: np.ndarray, info: dict) -> np.ndarray:
+    """Single-colour transparency (PNG tRNS) of a greyscale image, composited on white.
+
+    The tRNS value is compared with the raw (16-bit) samples, before scaling: Pillow's own
+    RGBA conversion would not apply it to these modes, and transparent pixels came out black.
+    """
+    key = info.get("transparency")
+    if not isinstance(key, int) or isinstance(key, bool):
+        return grey
+    out = np.array(grey, dtype=np.uint8, copy=True)
+    out[raw == key] = 255
+    return out
 
 
 def _scale_16bit(arr: np.ndarray) -> np.ndarray:

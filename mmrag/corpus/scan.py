@@ -4,7 +4,8 @@ The scanner only *finds* images; it never decodes them. A file with an image
 extension is always a candidate (decoding reports it if it turns out broken);
 a file with an unknown or missing extension is a candidate only when its first
 bytes carry a known image signature. Everything else (sidecar captions, notes,
-`.DS_Store`, manifests) is silently ignored: it is not a failure.
+`.DS_Store`, manifests) is not a failure; pass `ignored=Counter()` to learn what
+was left out, counted by extension (sidecar captions and hidden files aside).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import logging
 import os
 import stat
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from mmrag.corpus.formats import IMAGE_EXTENSIONS, sniff_image_signature
 from mmrag.corpus.types import CorpusItem, SkippedFile
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif"}
-)
 
 # Extensions we know are not images: never opened to sniff their content.
 _NEVER_SNIFF: frozenset[str] = frozenset(
@@ -37,19 +36,6 @@ _NEVER_SNIFF: frozenset[str] = frozenset(
 # Sidecar captions are short; a huge .txt is not a caption and must not blow memory.
 _MAX_CAPTION_BYTES = 1 << 20
 _SNIFF_BYTES = 16
-
-
-def sniff_image_signature(head: bytes) -> bool:
-    """True when `head` (the first bytes of a file) starts like a known image format."""
-    return (
-        head.startswith(b"\xff\xd8\xff")  # JPEG
-        or head.startswith(b"\x89PNG\r\n\x1a\n")  # PNG / APNG
-        or head.startswith((b"GIF87a", b"GIF89a"))
-        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
-        or head.startswith(b"BM")
-        or head.startswith((b"II*\x00", b"MM\x00*"))  # TIFF little/big endian
-        or (head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"))
-    )
 
 
 def _extension(name: str) -> str:
@@ -122,14 +108,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_folder(root: Path, *, follow_symlinks: bool = False) -> Iterator[CorpusItem | SkippedFile]:
+def scan_folder(
+    root: Path, *, follow_symlinks: bool = False, ignored: Counter[str] | None = None
+) -> Iterator[CorpusItem | SkippedFile]:
     """Yield every candidate image under `root`, depth first, sorted by name.
 
     Hidden files and folders (`.git`, `.mmrag`, macOS `._x.jpg` resource forks) are
     skipped. Symlinked *files* are always followed (dataset caches use them);
     symlinked *folders* only with `follow_symlinks=True`, with cycle protection.
     Raises FileNotFoundError / NotADirectoryError for a bad `root`; problems
-    below it are yielded as SkippedFile and never stop the scan.
+    below it are yielded as SkippedFile and never stop the scan. `ignored`, when
+    given, counts the files passed over as not images, by extension (".tga").
     """
     root = Path(root)
     if not root.exists():
@@ -137,7 +126,9 @@ def scan_folder(root: Path, *, follow_symlinks: bool = False) -> Iterator[Corpus
     if not root.is_dir():
         raise NotADirectoryError(f"corpus root is not a folder: {root}")
     root_stat = root.stat()
-    yield from _scan_dir(root.absolute(), [], follow_symlinks, ((root_stat.st_dev, root_stat.st_ino),))
+    yield from _scan_dir(
+        root.absolute(), [], follow_symlinks, ((root_stat.st_dev, root_stat.st_ino),), ignored
+    )
 
 
 def _scan_dir(
@@ -145,6 +136,7 @@ def _scan_dir(
     rel_parts: list[str],
     follow_symlinks: bool,
     ancestors: tuple[tuple[int, int], ...],
+    ignored: Counter[str] | None = None,
 ) -> Iterator[CorpusItem | SkippedFile]:
     try:
         with os.scandir(directory) as it:
@@ -155,6 +147,8 @@ def _scan_dir(
 
     names = {e.name for e in entries}
     subdirs: list[os.DirEntry[str]] = []
+    passed_over: list[str] = []
+    sidecars: set[str] = set()
     for entry in entries:
         if _is_hidden(entry.name):
             continue
@@ -170,7 +164,9 @@ def _scan_dir(
             subdirs.append(entry)
             continue
         if not _looks_like_image(entry.path, entry.name):
+            passed_over.append(entry.name)
             continue
+        sidecars.update(_sidecar_names(entry.name))
         try:
             st = os.stat(entry.path)  # follows file symlinks
         except OSError as exc:
@@ -188,6 +184,8 @@ def _scan_dir(
             caption=sidecar_caption(path, siblings=names),
         )
 
+    if ignored is not None:
+        ignored.update(f".{_extension(n)}" if _extension(n) else "" for n in passed_over if n not in sidecars)
     for entry in subdirs:
         try:
             st = os.stat(entry.path)
@@ -199,5 +197,5 @@ def _scan_dir(
             log.warning("skipping %s: symlink cycle", entry.path)
             continue
         yield from _scan_dir(
-            directory / entry.name, rel_parts + [entry.name], follow_symlinks, ancestors + (key,)
+            directory / entry.name, rel_parts + [entry.name], follow_symlinks, ancestors + (key,), ignored
         )

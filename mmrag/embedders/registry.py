@@ -234,6 +234,43 @@ def resolve_runtime(runtime: str, spec: ModelSpec, *, device: str = "auto", quan
     if pref == "cpu" or (pref == "auto" and not _accelerator_present()):
         return "onnx"
     return "torch"
+def _offline_fix(spec: ModelSpec) -> str:
+    return (
+        f"Fix: pass a local directory saved with save_pretrained (--model /path/to/model), set "
+        f"HF_HUB_OFFLINE=1 with {spec.source} already in the Hugging Face cache, or use "
+        f"--model mmrag-shapes-en to try mmrag without a download (it only knows synthetic shapes)."
+    )
+
+
+def ensure_hub_model_reachable(spec: ModelSpec, *, timeout: float = 3.0) -> None:
+    """Fail in seconds, with the fix, when a hub model is neither cached nor downloadable.
+
+    Without this the hub client retries for about a minute and ends with a raw OSError.
+    A cached model (its config.json in the HF cache) is left to from_pretrained.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    from mmrag.errors import RunFailed
+
+    if _cached_hub_config(spec.source) is not None:
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise RunFailed(
+            f"model {spec.model_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, "
+            f"so it cannot be downloaded. {_offline_fix(spec)}"
+        )
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise RunFailed(
+            f"cannot download model {spec.model_id!r}: {constants.ENDPOINT} is unreachable "
+            f"({exc.strerror or exc}). {_offline_fix(spec)}"
+        ) from exc
 
 
 def load_embedder(
@@ -260,6 +297,8 @@ def load_embedder(
     if spec.location == "bundled" and not Path(spec.load_path, "config.json").is_file():
         raise ValueError(f"bundled model {spec.name!r} is missing from {spec.load_path}; "
                          "re-create it with `python pipelines/train_reference.py`")
+    if spec.location == "hub":
+        ensure_hub_model_reachable(spec)  # both runtimes load (or export from) the hub's files
     if resolve_runtime(backend, spec, device=device, quantize=quantize) == "onnx":
         from mmrag.embedders.onnx import OnnxClipEmbedder, ensure_export
 

@@ -6,7 +6,7 @@ indexed and unchanged, `writer` batches upserts on a background thread.
 
 from __future__ import annotations
 
-from mmrag.ingest.run import IngestOptions, IngestReport, decode_plan, ensure_collection, run_ingest
+from mmrag.ingest.run import IngestOptions, IngestReport, check_corpus, decode_plan, ensure_collection, run_ingest
 from mmrag.ingest.state import load_state
 
-__all__ = ["IngestOptions", "IngestReport", "decode_plan", "ensure_collection", "load_state", "run_ingest"]
+__all__ = ["IngestOptions", "IngestReport", "check_corpus", "decode_plan", "ensure_collection", "load_state", "run_ingest"]

@@ -13,7 +13,9 @@ than duplicates.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,8 +26,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmrag.corpus import decode_stream, iter_corpus
+from mmrag.corpus.formats import format_counts
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 from mmrag.embedders.base import Embedder
+from mmrag.errors import UsageError
 from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
@@ -77,6 +81,8 @@ class IngestReport:
     elapsed_s: float = 0.0
     error: str | None = None  # a run-level failure (not a per-file one)
     decode_executor: str | None = None  # the decode pool that ran: "thread" or "process"
+    ignored: dict[str, int] = field(default_factory=dict)  # files passed over as not images, by extension
+    notes: list[str] = field(default_factory=list)  # advice for the user (e.g. a model that does not fit)
 
     @property
     def embedded(self) -> int:
@@ -107,6 +113,8 @@ class IngestReport:
             "ok": self.ok,
             "error": self.error,
             "decode_executor": self.decode_executor,
+            "ignored": dict(self.ignored),
+            "notes": list(self.notes),
         }
 
     def summary(self) -> str:
@@ -117,6 +125,7 @@ class IngestReport:
             f"  unchanged {self.unchanged}",
             f"  failed    {len(self.failed)}",
             f"  pruned    {self.pruned}",
+            *([f"  ignored   {format_counts(self.ignored)}"] if self.ignored else []),
             f"  elapsed   {self.elapsed_s:.2f} s ({self.images_per_s:.1f} images/s)",
         ]
         for f in self.failed:
@@ -147,6 +156,37 @@ def decode_plan(choice: str, embedder: Embedder) -> tuple[str, Callable[[Any], n
             f"{embedder.info.model_id} ({embedder.info.backend}) has none; use 'thread' or 'auto'"
         )
     return "process", portable
+
+
+def check_corpus(root: Path | None, manifest: Path | None) -> None:
+    """UsageError, before anything is created or loaded, for a corpus that cannot be read."""
+    if root is None and manifest is None:
+        raise UsageError("give a corpus folder, --manifest, or both")
+    if root is not None:
+        if not Path(root).exists():
+            raise UsageError(f"corpus folder not found: {root}")
+        if not Path(root).is_dir():
+            raise UsageError(f"corpus root is not a folder: {root} (give the folder that holds the images)")
+    if manifest is not None and not Path(manifest).is_file():
+        raise UsageError(f"manifest not found: {manifest}")
+
+
+# `mmrag synth` names its images img_00000.png ...: the corpus the reference models were trained on.
+_SYNTHETIC_NAME = re.compile(r"(?:.*/)?img_\d{5}\.png")
+SHAPES_MODEL_PREFIX = "mmrag-shapes-"
+
+
+def shapes_model_note(model_id: str, rel_paths: Sequence[str]) -> str | None:
+    """The warning for a reference model (trained on synthetic shapes) meeting other images."""
+    if not model_id.startswith(SHAPES_MODEL_PREFIX):
+        return None
+    if not rel_paths or all(_SYNTHETIC_NAME.fullmatch(p) for p in rel_paths):
+        return None
+    return (
+        f"{model_id} is a small reference model trained only on mmrag's synthetic shapes; on other "
+        f"images (photos) its rankings are close to random. Use a real CLIP for them, e.g. "
+        f"--model clip-vit-b32 (downloaded once) or a local directory."
+    )
 
 
 def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
@@ -197,9 +237,27 @@ def run_ingest(
     executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
     report.decode_executor = executor
 
+    check_corpus(root, manifest)
+    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    # The whole corpus is listed before the collection exists: a missing, wrong or empty folder
+    # fails here and leaves no empty collection locked to this model behind.
+    ignored: Counter[str] = Counter()
+    try:
+        entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UsageError(str(exc)) from exc
+    report.ignored = dict(ignored)
+    existing = store.get_spec(store.resolve(collection))
+    if not entries and not (prune and existing is not None):
+        extra = f" (ignored: {format_counts(ignored)})" if ignored else ""
+        raise UsageError(f"no images found under {corpus_root}{extra}")
+    if existing is None:
+        note = shapes_model_note(info.model_id, [e.rel_path for e in entries])
+        if note:
+            report.notes.append(note)
+
     target = ensure_collection(store, embedder, collection)
     report.collection = target
-    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
     if corpus_root is not None:
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
         store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
@@ -211,7 +269,7 @@ def run_ingest(
     state = load_state(store, target)
     seen: set[str] = set()
     todo: list[CorpusItem] = []
-    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted):
+    for entry in entries:
         if isinstance(entry, SkippedFile):
             report.failed.append(entry)
             seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point

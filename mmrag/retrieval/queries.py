@@ -8,11 +8,11 @@ from typing import Any, Literal, Union
 
 from PIL import Image
 
+from mmrag.corpus.formats import IMAGE_SUFFIXES
+
 ImageQuery = Union[Image.Image, bytes, Path]  # noqa: UP007  (a runtime alias: isinstance-able on 3.10)
 Query = Union[str, ImageQuery]  # noqa: UP007
 Target = Literal["image", "text", "fused"]
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def is_image_query(query: Any) -> bool:
@@ -22,7 +22,7 @@ def is_image_query(query: Any) -> bool:
     if isinstance(query, str):
         if query.startswith("data:image/"):
             return True
-        if len(query) < 4096 and Path(query).suffix.lower() in _IMAGE_SUFFIXES:
+        if len(query) < 4096 and Path(query).suffix.lower() in IMAGE_SUFFIXES:
             try:
                 return Path(query).is_file()
             except OSError:

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from mmrag.retrieval.documents import document_from_point
 from mmrag.retrieval.queries import Query, Target, is_image_query, load_query_image
 from mmrag.store.filters import filter_from_dict, merge_filters
-from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR
+from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, check_model
 
 
 class MultimodalRetriever(BaseRetriever):
@@ -49,6 +49,7 @@ class MultimodalRetriever(BaseRetriever):
     query_type: Literal["auto", "text", "image"] = "auto"
 
     _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
+    _checked: set[str] = PrivateAttr(default_factory=set)
 
     # --- query embedding --------------------------------------------------------------
     def embed_query(self, query: Query, query_type: str | None = None) -> np.ndarray:
@@ -103,6 +104,12 @@ class MultimodalRetriever(BaseRetriever):
             self._root_cache[collection] = Path(root) if root else None
         return self._root_cache[collection]
 
+    def _check_model(self, collection: str) -> None:
+        """Refuse (SchemaMismatch) an embedder other than the one that filled `collection`."""
+        if collection not in self._checked:
+            check_model(self.store.get_spec(collection), self.embedder.info)
+            self._checked.add(collection)
+
     def _search_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
         if args["target"] == "fused":
             return {"limit": args["k"], "query_filter": args["filter"], "exact": self.exact}
@@ -118,8 +125,9 @@ class MultimodalRetriever(BaseRetriever):
     def search(self, query: Query, **kwargs: Any) -> list[Document]:
         """Like `invoke`, but accepts image objects and per-call options directly."""
         args = self._search_args(kwargs)
-        vec = self.embed_query(query, args["query_type"]).tolist()
         collection = self.store.resolve(self.collection)
+        self._check_model(collection)
+        vec = self.embed_query(query, args["query_type"]).tolist()
         if args["target"] == "fused":
             points = self.store.search_fused(
                 collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
@@ -130,9 +138,10 @@ class MultimodalRetriever(BaseRetriever):
 
     async def asearch(self, query: Query, **kwargs: Any) -> list[Document]:
         args = self._search_args(kwargs)
+        collection = await asyncio.to_thread(self.store.resolve, self.collection)
+        await asyncio.to_thread(self._check_model, collection)
         # Model inference is CPU/GPU bound: keep it off the event loop.
         vec = (await asyncio.to_thread(self.embed_query, query, args["query_type"])).tolist()
-        collection = await asyncio.to_thread(self.store.resolve, self.collection)
         if args["target"] == "fused":
             points = await self.store.asearch_fused(
                 collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)

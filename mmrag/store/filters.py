@@ -276,6 +276,8 @@ def filter_from_cli(pairs: Sequence[str]) -> models.Filter | None:
         key, op, raw = match["key"], match["op"], match["value"]
         if not key:
             raise _cli_error(text, "missing field name before the operator")
+        if any(ch.isspace() for ch in key):
+            raise _cli_error(text, f"field name {key!r} contains a space")
         if not raw:
             raise _cli_error(text, f"missing value after {op!r}")
         if op in ("=", "=="):

@@ -148,6 +148,13 @@ class RetryPolicy:
         return wait
 
 
+# Store methods that change data: only after these is "re-run, ids are deterministic" advice.
+WRITE_OPERATIONS = frozenset({
+    "create_collection", "update_metadata", "delete_collection", "create_payload_index", "set_alias",
+    "delete_alias", "upsert", "delete_points", "set_payload", "set_payloads", "optimize",
+})
+
+
 class StoreUnavailable(RunFailed):
     """The store kept failing transiently until the retry budget ran out."""
 
@@ -156,11 +163,16 @@ class StoreUnavailable(RunFailed):
         self.attempts = attempts
         self.elapsed = elapsed
         self.last_error = last_error
-        super().__init__(
-            f"store operation {operation!r} failed after {attempts} attempt{'s' if attempts != 1 else ''} "
-            f"over {elapsed:.1f}s; last error: {type(last_error).__name__}: {last_error}. "
+        advice = (
             "Check that Qdrant is reachable, then re-run: it is safe, because point ids are "
             "deterministic and points already written are overwritten, not duplicated."
+            if operation in WRITE_OPERATIONS
+            # a read wrote nothing: the idempotence advice would only confuse
+            else "Check that Qdrant is reachable (QDRANT_URL), then try again."
+        )
+        super().__init__(
+            f"store operation {operation!r} failed after {attempts} attempt{'s' if attempts != 1 else ''} "
+            f"over {elapsed:.1f}s; last error: {type(last_error).__name__}: {last_error}. {advice}"
         )
 
 

@@ -121,3 +121,21 @@ def check_compatible(existing: CollectionSpec, wanted: CollectionSpec) -> None:
             f"quantization={wanted.quantization!r} was requested; the vectors would differ. Pass the same "
             f"--quantize setting, or rebuild the collection with `mmrag reindex {name} --rebuild`.{legacy}"
         )
+
+
+def check_model(existing: CollectionSpec | None, model: Any) -> None:
+    """The check of `check_compatible`, for a reader: may `model` query `existing`?
+
+    `model` is anything with `model_id`, `dim` and `quantization` (an embedder's `info`).
+    Every read path (search, the retriever, tag, classify/similarity/eval with -c) calls
+    this, so a query embedded by another model is refused with the message ingest gives,
+    instead of random scores or a raw vector-dimension error. `None` (no such collection)
+    passes: there is nothing to compare with.
+    """
+    if existing is None:
+        return
+    wanted = CollectionSpec(
+        name=existing.name, dim=int(model.dim), model_id=str(model.model_id),
+        quantization=getattr(model, "quantization", None),
+    )
+    check_compatible(existing, wanted)

@@ -11,7 +11,10 @@ Selection: the `top` most probable labels, of which those with probability
 >= `threshold` are kept (all of them when threshold is None). Probabilities
 are a softmax over the whole label set, so they depend on which labels are
 offered: a threshold means "share of the probability mass", not an absolute
-confidence.
+confidence. `default_threshold` (what `mmrag tag` uses without --threshold) keeps
+a label only when it has at least twice the share of a uniform guess.
+
+Tagging a point replaces its earlier `tags` and `tag_scores`: the latest label set wins.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ class TagResult:
 
     def payload(self) -> dict[str, Any]:
         return {TAGS_FIELD: list(self.tags), TAG_SCORES_FIELD: dict(self.tag_scores)}
+
+
+def default_threshold(n_labels: int) -> float:
+    """Twice the uniform share (2/N), at most 0.5: a label must stand out from the others.
+
+    Without a threshold every image gets its `top` labels however flat the distribution,
+    so every image was tagged with every label of a short list.
+    """
+    if n_labels < 1:
+        raise ValueError(f"need at least one label, got {n_labels}")
+    return min(0.5, 2.0 / n_labels)
 
 
 def tags_for_vectors(

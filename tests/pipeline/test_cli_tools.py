@@ -53,7 +53,7 @@ def test_tags_are_filterable_from_cli_and_retriever(env, capsys, tiny_embedder):
     from mmrag.store import EdgeStore
 
     run_json(capsys, "ingest", str(env["corpus"]), "-c", "photos")
-    tagged = run_json(capsys, "tag", "-c", "photos", "--labels", "cat,dog,car", "--top", "1")
+    tagged = run_json(capsys, "tag", "-c", "photos", "--labels", "cat,dog,car", "--top", "1", "--threshold", "0")
     assert tagged["tagged"] == len(GOOD_IMAGES)
 
     store = EdgeStore(env["tmp"] / "home")

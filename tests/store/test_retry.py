@@ -259,6 +259,16 @@ def test_exhausted_retries_raise_store_unavailable(memory_store: QdrantClientSto
     assert "re-run: it is safe, because point ids are deterministic" in message
 
 
+def test_a_failed_read_gives_no_rerun_advice(memory_store: QdrantClientStore) -> None:
+    flaky = FlakyStore(memory_store, "count", lambda n: http_error(503))
+    store = retrying(flaky, [], attempts=2)
+    with pytest.raises(StoreUnavailable) as info:
+        store.count(COLLECTION)
+    message = str(info.value)
+    assert "deterministic" not in message and "re-run" not in message
+    assert message.endswith("Check that Qdrant is reachable (QDRANT_URL), then try again.")
+
+
 def test_time_budget_stops_before_attempts_run_out(memory_store: QdrantClientStore) -> None:
     # Every wait would reach the 0.05 s budget, so the first failure is also the last.
     flaky = FlakyStore(memory_store, "count", lambda n: http_error(503))
