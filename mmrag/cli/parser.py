@@ -208,4 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collections", help="list collections with their model and size")
     _common(p, model=False)
     p.set_defaults(func=c.cmd_collections)
+    # --- mmrag serve / mmrag mcp (issue 13) ---------------------------------------------------
+    p = sub.add_parser("serve", help="HTTP API, web search page and MCP tools (/mcp) for one collection")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-mcp", action="store_true", help="do not mount the MCP tools under /mcp")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _common(p)
+    p.set_defaults(func=c.cmd_serve)
+
+    p = sub.add_parser("mcp", help="the MCP tools (search, similar, classify, get image) over stdio, for agents")
+    _common(p)
+    p.set_defaults(func=c.cmd_mcp)
     return parser

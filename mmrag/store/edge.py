@@ -722,6 +722,10 @@ class EdgeStore(ThreadedAsyncMixin):
         """
         self._shard(name).optimize()
 
+    def close_collection(self, name: str) -> None:
+        """Close this process's handle on `name`'s shard (reopened on next use), e.g. a retired version."""
+        self._close_shard(name)
+
     def shard_info(self, name: str) -> dict[str, int]:
         """Segment/point/indexed-vector counts of the shard (diagnostics)."""
         info = self._shard(name).info()
