@@ -69,29 +69,30 @@ class BodyLimitMiddleware:
             if too_big:
                 return await _send_json(send, 413, message)
         received = 0
-        started = False
+        too_large = False
 
         async def limited_receive() -> dict:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge()
+                    # Stop reading; whatever the app answers to the cut body is replaced by a 413.
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return msg
 
-        async def tracking_send(msg: dict) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
+        replaced = False
+
+        async def checked_send(msg: dict) -> None:
+            nonlocal replaced
+            if too_large:
+                if not replaced:
+                    replaced = True
+                    await _send_json(send, 413, message)
+                return
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, message)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, checked_send)
