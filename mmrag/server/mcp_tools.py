@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
 
+from mmrag.errors import MmragError
 from mmrag.service import SearchService, hit_dict
 
 THUMBNAIL_SIZE = 192
@@ -41,6 +44,19 @@ def _image_bytes(image_base64: str) -> bytes:
     return decode_base64(image_base64)
 
 
+def _tool_errors(fn: Any) -> Any:
+    """Our errors reach the agent as the tool's error text (the SDK hides other exceptions' messages)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MmragError as e:
+            raise ToolError(str(e)) from e
+
+    return wrapper
+
+
 def build_mcp(service: SearchService) -> MCPServer:
     server: MCPServer[Any] = MCPServer(
         "mmrag",
@@ -49,6 +65,7 @@ def build_mcp(service: SearchService) -> MCPServer:
     )
 
     @server.tool()
+    @_tool_errors
     def search_text(query: str, k: int = 5, target: str = "image", filter: dict[str, Any] | None = None,
                     images: bool = True) -> list[TextContent | ImageContent]:
         """Find images matching a text query (any language the model knows). target: image, text (captions) or fused.
@@ -56,6 +73,7 @@ def build_mcp(service: SearchService) -> MCPServer:
         return _hit_blocks(service, service.search_text(query, k=k, target=target, filter=filter), images=images)
 
     @server.tool()
+    @_tool_errors
     def search_image(image_base64: str, k: int = 5, target: str = "image", filter: dict[str, Any] | None = None,
                      images: bool = True) -> list[TextContent | ImageContent]:
         """Find images similar to a given image (base64 or a data: URI)."""
@@ -63,17 +81,20 @@ def build_mcp(service: SearchService) -> MCPServer:
         return _hit_blocks(service, docs, images=images)
 
     @server.tool()
+    @_tool_errors
     def similar(point_id: str, k: int = 5, images: bool = True) -> list[TextContent | ImageContent]:
         """More like this: images nearest to the stored image with this point id (itself excluded)."""
         return _hit_blocks(service, service.similar(point_id, k=k), images=images)
 
     @server.tool()
+    @_tool_errors
     def classify(image_base64: str, labels: list[str], top_k: int = 5) -> str:
         """Zero-shot classification of an image against the given labels: label probabilities, best first."""
         top = service.classify(_image_bytes(image_base64), labels, top_k=top_k)
         return json.dumps([{"label": label, "probability": round(p, 6)} for label, p in top], ensure_ascii=False)
 
     @server.tool()
+    @_tool_errors
     def get_image(point_id: str, size: int = 512) -> list[TextContent | ImageContent]:
         """The stored image of a point id (as a JPEG of at most size x size pixels) with its metadata."""
         doc = service.get(point_id)
