@@ -122,7 +122,7 @@ def test_configmap_pipeline_is_a_valid_pipeline(tmp_path):
 def test_the_api_key_secret_is_referenced_by_name_wherever_it_is_used():
     secrets = _by_kind("Secret")
     refs = [(o["kind"], r) for o in _k8s_objects() for r in _walk(o, "secretKeyRef")]
-    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob"}
+    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob", "Deployment"}
     for _, ref in refs:
         assert ref["name"] in secrets
         assert ref["key"] in secrets[ref["name"]].get("stringData", {}) | secrets[ref["name"]].get("data", {})
