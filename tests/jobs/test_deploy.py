@@ -229,7 +229,7 @@ def test_dockerfile():
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     text = "\n".join(code)
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in text
-    assert "pip install --constraint /tmp/constraints.txt ." in text
+    assert "pip install --constraint /tmp/constraints.txt \".[serve]\"" in text  # mmrag serve needs the serve extra
     assert "torchvision" not in text
     users = [ln for ln in code if ln.startswith("USER ")]
     assert users and users[-1].split()[1].split(":")[0] not in ("root", "0")
