@@ -6,12 +6,13 @@ so library code and tests never depend on the process environment.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -97,6 +98,19 @@ class Settings(BaseSettings):
                        description="Approximate search; exact search is the default.")
     hnsw_ef: int = Field(default=128, ge=1)
 
+    # --- the HTTP server (mmrag serve) -------------------------------------------
+    api_key: str | None = Field(default=None, validation_alias=AliasChoices("MMRAG_API_KEY", "api_key"), repr=False,
+                                description="Bearer token required on every endpoint but /healthz and /readyz; unset: open.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("MMRAG_CORS_ORIGINS", "cors_origins"),
+                                    description="Origins allowed by CORS (JSON list or comma list); empty: CORS off.")
+    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MMRAG_UPLOAD_MAX_BYTES", "upload_max_bytes"))
+    upload_max_pixels: int = Field(default=40_000_000, ge=1, validation_alias=AliasChoices("MMRAG_UPLOAD_MAX_PIXELS", "upload_max_pixels"),
+                                   description="Decompression-bomb limit of uploaded query images.")
+    upload_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"],
+                                      validation_alias=AliasChoices("MMRAG_UPLOAD_FORMATS", "upload_formats"))
+    facet_fields: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("MMRAG_FACET_FIELDS", "facet_fields"),
+                                    description="Payload fields offered as filters on the search page; empty: the keyword indexes.")
+
     # --- remote Qdrant ------------------------------------------------------
     qdrant_url: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
     qdrant_api_key: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))
@@ -116,6 +130,16 @@ class Settings(BaseSettings):
     def threads(self) -> int:
         """Model CPU threads: MMRAG_MODEL_THREADS, else the older MMRAG_TORCH_THREADS (0 = runtime default)."""
         return self.model_threads or self.torch_threads
+
+    @field_validator("cors_origins", "upload_formats", "facet_fields", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # `a,b` as well as `["a","b"]`: env values are easier to write without JSON
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -522,20 +522,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
-    app = _app(args)
-    store = app.store
-    aliases = store.get_aliases()
-    rows = []
-    for name in sorted(store.list_collections()):
-        spec = store.get_spec(name)
-        rows.append({
-            "name": name,
-            "aliases": sorted(a for a, c in aliases.items() if c == name),
-            "points": store.count(name),
-            "model_id": spec.model_id if spec else None,
-            "dim": spec.dim if spec else None,
-            "schema_version": spec.schema_version if spec else None,
-        })
+    from mmrag.service import collections
+
+    rows = collections(_app(args).store)
     if args.json:
         _print_json(rows)
     else:
@@ -551,6 +540,42 @@ def cmd_completion(args: argparse.Namespace) -> int:
     from mmrag.cli.parser import build_parser
 
     print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
+def _service(args: argparse.Namespace):
+    from mmrag.service import SearchService
+
+    app = _app(args)
+    collection = _collection(args, app)
+    if not app.store.collection_exists(collection):
+        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    if args.model:
+        app.embedder(args.model)  # an explicit model wins over the collection's own
+    return app, SearchService.from_app(app, collection)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mmrag.server import create_app
+
+    app, service = _service(args)
+    api = create_app(app, service=service, mcp=not args.no_mcp)
+    print(f"mmrag: serving {service.collection!r} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(api, host=args.host, port=args.port, log_level=args.log_level)
+    app.close()
+    return EXIT_OK
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from mmrag.server.mcp_tools import build_mcp
+
+    app, service = _service(args)
+    try:
+        build_mcp(service).run("stdio")
+    finally:
+        app.close()
     return EXIT_OK
 
 

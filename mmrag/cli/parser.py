@@ -41,6 +41,8 @@ EXAMPLES: dict[str, str] = {
     "synth": "mmrag synth ./shapes -n 200\nmmrag synth ./shapes-zh --lang zh --manifest jsonl",
     "models": "mmrag models\nmmrag models --json",
     "collections": "mmrag collections\nmmrag collections --json",
+    "serve": "mmrag serve -c photos\nMMRAG_API_KEY=secret mmrag serve -c photos --host 0.0.0.0 --port 8000",
+    "mcp": "mmrag mcp -c photos        # an MCP server on stdio, for an agent's config",
     "completion": "mmrag completion bash > ~/.local/share/bash-completion/completions/mmrag\n"
                   "mmrag completion zsh > \"${fpath[1]}/_mmrag\"",
 }
@@ -308,4 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "completion", "print a shell completion script (bash, zsh or tcsh)")
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete for")
     p.set_defaults(func=c.cmd_completion)
+
+    p = add(sub, "serve", "HTTP API, web search page and MCP tools (/mcp) for one collection")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--no-mcp", action="store_true", help="do not mount the MCP tools under /mcp")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _common(p)
+    p.set_defaults(func=c.cmd_serve)
+
+    p = add(sub, "mcp", "the MCP tools (search, similar, classify, get image) over stdio, for agents")
+    _common(p)
+    p.set_defaults(func=c.cmd_mcp)
     return parser

@@ -421,7 +421,10 @@ class EdgeStore(ThreadedAsyncMixin):
                 if "WouldBlock" in str(exc):
                     raise RuntimeError(
                         f"collection {name!r} ({shard_dir}) is open in another process; qdrant-edge allows one "
-                        f"process per shard directory. Stop the other mmrag process or use a Qdrant server (QDRANT_URL)."
+                        f"process per shard directory. Stop the other mmrag process or use a Qdrant server (QDRANT_URL). "
+                        f"If a running `mmrag serve` holds it, rebuild instead: `mmrag reindex "
+                        f"{re.sub(r'__v[0-9]+$', '', name)} --rebuild` writes a new version beside it, and the server "
+                        f"switches to it with no restart."
                     ) from exc
                 raise
             self._shards[name] = shard
@@ -721,6 +724,10 @@ class EdgeStore(ThreadedAsyncMixin):
         this process stall meanwhile: run it after ingestion, not during serving.
         """
         self._shard(name).optimize()
+
+    def close_collection(self, name: str) -> None:
+        """Close this process's handle on `name`'s shard (reopened on next use), e.g. a retired version."""
+        self._close_shard(name)
 
     def shard_info(self, name: str) -> dict[str, int]:
         """Segment/point/indexed-vector counts of the shard (diagnostics)."""

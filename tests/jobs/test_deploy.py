@@ -62,7 +62,7 @@ def test_k8s_objects_are_well_formed_and_listed_in_the_kustomization():
         assert o.get("apiVersion") and o.get("kind"), o
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", o["metadata"]["name"]), o["metadata"]
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["Namespace", "Secret", "Service", "Service", "StatefulSet",
+    assert kinds == sorted(["Namespace", "Secret", "Secret", "Service", "Service", "Service", "StatefulSet", "Deployment",
                             "PersistentVolumeClaim", "PersistentVolumeClaim", "ConfigMap", "CronJob"])
     kust = _docs(K8S / "kustomization.yaml")[0]
     assert kust["kind"] == "Kustomization"
@@ -122,7 +122,7 @@ def test_configmap_pipeline_is_a_valid_pipeline(tmp_path):
 def test_the_api_key_secret_is_referenced_by_name_wherever_it_is_used():
     secrets = _by_kind("Secret")
     refs = [(o["kind"], r) for o in _k8s_objects() for r in _walk(o, "secretKeyRef")]
-    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob"}
+    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob", "Deployment"}
     for _, ref in refs:
         assert ref["name"] in secrets
         assert ref["key"] in secrets[ref["name"]].get("stringData", {}) | secrets[ref["name"]].get("data", {})
@@ -145,7 +145,7 @@ def test_qdrant_statefulset_has_a_headless_service_and_probes():
     assert headless["spec"]["clusterIP"] == "None"
     labels = sts["spec"]["template"]["metadata"]["labels"]
     assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    for svc in services.values():
+    for svc in (s for name, s in services.items() if name != "mmrag-server"):  # the server has its own Deployment
         assert svc["spec"]["selector"].items() <= labels.items()
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     assert c["image"].startswith("qdrant/qdrant:")
@@ -158,7 +158,7 @@ def test_qdrant_statefulset_has_a_headless_service_and_probes():
 def test_compose_has_qdrant_a_job_and_a_scheduler():
     doc = _docs(COMPOSE)[0]
     services = doc["services"]
-    assert set(services) == {"qdrant", "mmrag", "scheduler"}
+    assert set(services) == {"qdrant", "mmrag", "scheduler", "api"}
     q = services["qdrant"]
     assert q["image"].startswith("qdrant/qdrant:")
     assert {"6333:6333", "6334:6334"} <= set(q["ports"])
@@ -229,7 +229,7 @@ def test_dockerfile():
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     text = "\n".join(code)
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in text
-    assert "pip install --constraint /tmp/constraints.txt ." in text
+    assert "pip install --constraint /tmp/constraints.txt \".[serve]\"" in text  # mmrag serve needs the serve extra
     assert "torchvision" not in text
     users = [ln for ln in code if ln.startswith("USER ")]
     assert users and users[-1].split()[1].split(":")[0] not in ("root", "0")
@@ -253,3 +253,17 @@ def test_docker_compose_config_is_valid(path):
     res = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_server_deployment_service_probes_and_api_key_secret():
+    dep = _by_kind("Deployment")["mmrag-server"]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "serve" and "--host" in c["args"] and c["args"][c["args"].index("--host") + 1] == "0.0.0.0"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MMRAG_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] in _by_kind("Secret")
+    assert env["QDRANT_URL"]["value"].startswith("http://qdrant:")
+    svc = _by_kind("Service")["mmrag-server"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    api = _docs(COMPOSE)[0]["services"]["api"]
+    assert api["command"][0] == "serve" and "8000:8000" in api["ports"] and "/readyz" in " ".join(api["healthcheck"]["test"])
