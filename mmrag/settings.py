@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=89_478_485, ge=1, validation_alias=AliasChoices("MMRAG_MAX_IMAGE_PIXELS", "max_image_pixels"),
                                   description="Decompression-bomb limit (PIL's default).")
 
+    store_lock_wait_seconds: float = Field(
+        default=10.0, ge=0, validation_alias=AliasChoices("MMRAG_STORE_LOCK_WAIT_SECONDS", "store_lock_wait_seconds"),
+        description="Embedded store: how long a read (search, collections) waits for a collection another "
+                    "process has open before it gives up with exit 3. Writes never wait.",
+    )
+
     # --- search -------------------------------------------------------------
     hnsw: bool = Field(default=False, validation_alias=AliasChoices("MMRAG_HNSW", "hnsw"),
                        description="Approximate search; exact search is the default.")

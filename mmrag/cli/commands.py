@@ -448,16 +448,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
+    from mmrag.errors import LockHeldError
+
     app = _app(args)
     store = app.store
     aliases = store.get_aliases()
     rows = []
     for name in sorted(store.list_collections()):
         spec = store.get_spec(name)
+        try:
+            points, busy = store.count(name), None
+        except LockHeldError as exc:  # open in another process: list it without its count
+            points, busy = None, str(exc)
         rows.append({
             "name": name,
             "aliases": sorted(a for a, c in aliases.items() if c == name),
-            "points": store.count(name),
+            "points": points,
+            "busy": busy,
             "model_id": spec.model_id if spec else None,
             "dim": spec.dim if spec else None,
             "schema_version": spec.schema_version if spec else None,
@@ -467,7 +474,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
-            print(f"{r['name']}{alias}: {r['points']} points, model {r['model_id']}, dim {r['dim']}")
+            size = f"{r['points']} points" if r["busy"] is None else "busy (open in another process)"
+            print(f"{r['name']}{alias}: {size}, model {r['model_id']}, dim {r['dim']}")
     return EXIT_OK
 
 

@@ -11,9 +11,17 @@ qdrant-edge has no collections, aliases or collection metadata; this module
 supplies them with small JSON files and speaks qdrant-client `models` at its
 surface so callers cannot tell it from `QdrantClientStore`.
 
+    home/collections/<name>/shard.lock     our flock, taken BEFORE qdrant-edge opens the shard
+
 Limitation: qdrant-edge lets only ONE process open a shard directory at a time
-(the shard's WAL is locked). A second process gets a clear RuntimeError. Inside
-one process shards are opened lazily, cached, and shared by all threads.
+(the shard's WAL is locked). Worse, qdrant-edge 0.9's loader deletes the holder's
+`tracker_journal.dat` files and rewrites `tracker.dat` before it notices the WAL
+lock (bench/repro/edge_second_open.py), so a refused second process breaks the
+holder's next flush. We therefore never let the engine try: each shard is guarded
+by our own exclusive flock on `shard.lock`. A reader waits up to `lock_wait_s` for
+it, a writer is refused at once; both get `ShardLockHeld` (exit 3) naming the
+holder (pid, command, since). Inside one process shards are opened lazily,
+cached, and shared by all threads.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +43,8 @@ from typing import Any
 import qdrant_edge as qe
 from qdrant_client import models
 
+from mmrag.errors import LockHeldError, RunFailed
+from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import ThreadedAsyncMixin
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
 
@@ -63,6 +74,23 @@ BOOLEAN_FILTER_MESSAGE = (
     "boolean payload filters never match in qdrant-edge 0.9; mmrag stores flags as keywords "
     "(\"yes\"/\"no\", e.g. has_caption), so filter with MatchValue(value=\"yes\") instead of {value!r}"
 )
+
+
+class ShardLockHeld(LockHeldError, RuntimeError):
+    """Another process has the collection's shard open (qdrant-edge allows one per shard)."""
+
+    def __init__(self, collection: str, path: Path, holder: dict[str, Any] | None, *, waited_s: float):
+        self.collection, self.path, self.holder = collection, path, holder or {}
+        waited = f" (waited {waited_s:g} s)" if waited_s > 0 else ""
+        super().__init__(
+            f"collection {collection!r} is open in another process: {describe_holder(holder)}{waited}. "
+            f"The embedded store allows one process per collection; wait for it to finish, stop it, "
+            f"or use a Qdrant server (QDRANT_URL). Lock file: {path}"
+        )
+
+
+class StoreCorrupted(RunFailed):
+    """A file of the embedded store cannot be read: named, with what to do."""
 
 
 # ---------------------------------------------------------------------------
@@ -348,8 +376,10 @@ class EdgeStore(ThreadedAsyncMixin):
         full_scan_threshold_kb: int = 10_000,
         indexing_threshold_kb: int | None = None,
         max_indexing_threads: int = 0,
+        lock_wait_s: float = 10.0,
     ) -> None:
         self.home = Path(home)
+        self.lock_wait_s = lock_wait_s  # how long a read waits for another process's shard
         self.max_search_threads = max_search_threads
         self._hnsw = dict(
             m=hnsw_m,
@@ -361,6 +391,7 @@ class EdgeStore(ThreadedAsyncMixin):
         self._lock = threading.RLock()  # guards _shards and meta.json writes
         self._alias_lock = threading.Lock()
         self._shards: dict[str, Any] = {}
+        self._shard_locks: dict[str, int] = {}  # collection -> fd of our flock on its shard.lock
         self._alias_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         # Directories are made on the first write, so read-only commands leave no trace.
 
@@ -384,18 +415,44 @@ class EdgeStore(ThreadedAsyncMixin):
         return self._collection_dir(name) / "meta.json"
 
     def _read_meta(self, name: str) -> dict[str, Any] | None:
+        path = self._meta_path(name)
         try:
-            with open(self._meta_path(name), encoding="utf-8") as fh:
-                return json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                meta = json.load(fh)
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            raise StoreCorrupted(
+                f"cannot read {path}: {exc}. The collection's metadata is damaged; restore it from a "
+                f"backup or rebuild the collection (`mmrag repair {name}`)"
+            ) from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("metadata"), dict):
+            raise StoreCorrupted(f"cannot read {path}: not an mmrag collection metadata object")
+        return meta
+
+    def _lock_shard(self, name: str, *, write: bool) -> int:
+        """Our flock on the shard, taken before qdrant-edge may touch its files."""
+        path = self._collection_dir(name) / "shard.lock"
+        wait = 0.0 if write else self.lock_wait_s
+        deadline = time.monotonic() + wait
+        while True:
+            fd, holder = try_lock(path, process_holder(collection=name, access="write" if write else "read"))
+            if fd is not None:
+                return fd
+            if time.monotonic() >= deadline:
+                raise ShardLockHeld(name, path, holder, waited_s=wait)
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # --- shards ------------------------------------------------------------------
     def _vector_params(self, dim: int) -> dict[str, Any]:
         return {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in VECTOR_NAMES}
 
-    def _shard(self, name: str) -> Any:
-        """The open shard of collection `name` (an alias is resolved first)."""
+    def _shard(self, name: str, *, write: bool = False) -> Any:
+        """The open shard of collection `name` (an alias is resolved first).
+
+        Opening it takes our shard lock first: a read waits up to `lock_wait_s` for
+        another process, a write is refused at once (`ShardLockHeld`).
+        """
         name = self.resolve(name)
         shard = self._shards.get(name)
         if shard is not None:
@@ -415,23 +472,28 @@ class EdgeStore(ThreadedAsyncMixin):
                     max_search_threads=self.max_search_threads,
                 )
             shard_dir = self._collection_dir(name) / "shard"
+            fd = self._lock_shard(name, write=write)
             try:
                 shard = qe.EdgeShard.load(str(shard_dir), config)
-            except Exception as exc:
-                if "WouldBlock" in str(exc):
-                    raise RuntimeError(
-                        f"collection {name!r} ({shard_dir}) is open in another process; qdrant-edge allows one "
-                        f"process per shard directory. Stop the other mmrag process or use a Qdrant server (QDRANT_URL)."
-                    ) from exc
+            except BaseException as exc:
+                release(fd)
+                if "WouldBlock" in str(exc):  # a process that does not take our lock (not mmrag)
+                    raise ShardLockHeld(name, shard_dir, None, waited_s=0) from exc
                 raise
             self._shards[name] = shard
+            self._shard_locks[name] = fd
             return shard
 
     def _close_shard(self, name: str) -> None:
         with self._lock:
             shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
+            fd = self._shard_locks.pop(name, None)
+            try:
+                if shard is not None:
+                    shard.close()
+            finally:
+                if fd is not None:
+                    release(fd)
 
     # --- collections ---------------------------------------------------------------
     def list_collections(self) -> list[str]:
@@ -514,10 +576,16 @@ class EdgeStore(ThreadedAsyncMixin):
         with self._lock:
             self._close_shard(name)
             if directory.exists():
-                # Rename first so a crash mid-delete never leaves a listed, half-deleted collection.
-                doomed = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-                os.rename(directory, doomed)
-                _fsync_dir(self.collections_dir)
+                # Never delete a shard another process has open: its next write would fail.
+                fd = self._lock_shard(name, write=True) if (directory / "meta.json").is_file() else None
+                try:
+                    # Rename first so a crash mid-delete never leaves a listed, half-deleted collection.
+                    doomed = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+                    os.rename(directory, doomed)
+                    _fsync_dir(self.collections_dir)
+                finally:
+                    if fd is not None:
+                        release(fd)
                 shutil.rmtree(doomed, ignore_errors=True)
         with self._alias_write() as aliases:
             for alias in [a for a, target in aliases.items() if target == name]:
@@ -525,7 +593,7 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None:
         real = self.resolve(name)
-        shard = self._shard(real)
+        shard = self._shard(real, write=True)
         shard.update(qe.UpdateOperation.create_field_index(field, to_edge_schema(schema)))
         shard.flush()
         with self._lock:
@@ -592,28 +660,28 @@ class EdgeStore(ThreadedAsyncMixin):
     def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
         if not points:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
         shard.flush()  # durable when we return (survives kill -9)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         shard.update(qe.UpdateOperation.delete_points([_id_in(i) for i in ids]))
         shard.flush()
 
     def set_payload(self, name: str, payload: Mapping[str, Any], ids: Sequence[str]) -> None:
         if not ids:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         shard.update(qe.UpdateOperation.set_payload([_id_in(i) for i in ids], dict(payload)))
         shard.flush()
 
     def set_payloads(self, name: str, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         if not updates:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         for pid, payload in updates:
             shard.update(qe.UpdateOperation.set_payload([_id_in(pid)], dict(payload)))
         shard.flush()  # one flush per batch: flushing per point costs ~9 ms each
@@ -720,7 +788,7 @@ class EdgeStore(ThreadedAsyncMixin):
         qdrant-edge holds the GIL while it builds HNSW, so other Python threads of
         this process stall meanwhile: run it after ingestion, not during serving.
         """
-        self._shard(name).optimize()
+        self._shard(name, write=True).optimize()
 
     def shard_info(self, name: str) -> dict[str, int]:
         """Segment/point/indexed-vector counts of the shard (diagnostics)."""
