@@ -39,12 +39,20 @@ def read_holder(fd: int) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"raw": str(data)[:200]}
 
 
+def _command() -> str:
+    argv = list(sys.argv) or [""]
+    prog = Path(argv[0])
+    # `python -m mmrag` runs mmrag/__main__.py (or mmrag/cli/__main__.py): show it as `mmrag`.
+    name = ("mmrag" if "mmrag" in prog.parts else prog.parent.name) if prog.name == "__main__.py" else prog.name
+    return " ".join([name or "python", *argv[1:]])[:300]
+
+
 def process_holder(**extra: Any) -> dict[str, Any]:
     """This process as a lock holder: pid, host, command line and start of the hold."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
+        "command": _command(),
         "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **{k: v for k, v in extra.items() if v is not None},
     }

@@ -89,6 +89,15 @@ class Settings(BaseSettings):
                     "process has open before it gives up with exit 3. Writes never wait.",
     )
 
+    rebuild_min_share: float = Field(
+        default=0.98, ge=0, le=1, validation_alias=AliasChoices("MMRAG_REBUILD_MIN_SHARE", "rebuild_min_share"),
+        description="A rebuilt version goes live only with at least this share of the live version's points.",
+    )
+    rebuild_max_failed: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("MMRAG_REBUILD_MAX_FAILED", "rebuild_max_failed"),
+        description="A rebuilt version goes live only if at most this many files failed (unset: no limit).",
+    )
+
     # --- search -------------------------------------------------------------
     hnsw: bool = Field(default=False, validation_alias=AliasChoices("MMRAG_HNSW", "hnsw"),
                        description="Approximate search; exact search is the default.")

@@ -279,7 +279,7 @@ def _load_pipeline(path: Path) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions
-    from mmrag.jobs.reindex import run_pipeline
+    from mmrag.jobs.reindex import RebuildGate, run_pipeline
 
     pdef = _load_pipeline(args.pipeline)
     app = _app(args)
@@ -288,15 +288,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
         options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
         progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+        gate=RebuildGate.from_settings(app.settings, strict=args.strict),
     )
     return _job_result(args, report)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions
-    from mmrag.jobs.reindex import JobSpec, rebuild, rollback, run_pipeline
+    from mmrag.jobs.reindex import JobSpec, RebuildGate, rebuild, rollback, run_pipeline
 
     app = _app(args)
+    gate = RebuildGate.from_settings(app.settings, strict=args.strict)
     target = args.target
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         if args.rollback:
@@ -308,6 +310,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
                 options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
                 progress=not args.json and not args.quiet, prune=args.prune, keep=args.keep, migrate=args.migrate,
+                gate=gate,
             ))
     if args.rollback:
         return _job_result(args, rollback(target, store=app.store, home=app.settings.home, to=args.to))
@@ -329,7 +332,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
                   progress=not args.json and not args.quiet)
     if args.rebuild:
-        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, **common))
+        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, gate=gate, **common))
     from mmrag.jobs.reindex import sync
 
     return _job_result(args, sync(job, prune=args.prune, **common))

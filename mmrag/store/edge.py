@@ -567,6 +567,9 @@ class EdgeStore(ThreadedAsyncMixin):
             meta = self._read_meta(real)
             if meta is None:
                 raise ValueError(f"collection {real!r} not found")
+            # A metadata change is a write: only the process holding the shard may make it.
+            self._shard(real, write=True)
+            meta = self._read_meta(real) or meta
             meta["metadata"] = {**meta.get("metadata", {}), **dict(metadata)}
             write_json_atomic(self._meta_path(real), meta)
 
