@@ -89,6 +89,11 @@ class Settings(BaseSettings):
                     "process has open before it gives up with exit 3. Writes never wait.",
     )
 
+    min_free_mb: float = Field(
+        default=64, ge=0, validation_alias=AliasChoices("MMRAG_MIN_FREE_MB", "min_free_mb"),
+        description="Embedded store: MiB kept free on its filesystem; a run stops with an error (exit 1) "
+                    "before a write would go below it (qdrant-edge dies with SIGBUS on a full disk).",
+    )
     rebuild_min_share: float = Field(
         default=0.98, ge=0, le=1, validation_alias=AliasChoices("MMRAG_REBUILD_MIN_SHARE", "rebuild_min_share"),
         description="A rebuilt version goes live only with at least this share of the live version's points.",
@@ -96,6 +101,12 @@ class Settings(BaseSettings):
     rebuild_max_failed: int | None = Field(
         default=None, ge=0, validation_alias=AliasChoices("MMRAG_REBUILD_MAX_FAILED", "rebuild_max_failed"),
         description="A rebuilt version goes live only if at most this many files failed (unset: no limit).",
+    )
+
+    allow_outside_root: bool = Field(
+        default=False, validation_alias=AliasChoices("MMRAG_ALLOW_OUTSIDE_ROOT", "allow_outside_root"),
+        description="Index symlinks whose target, and manifest rows whose path, lie outside the corpus root. "
+                    "Off: they are skipped with a reason and never opened.",
     )
 
     # --- search -------------------------------------------------------------

@@ -44,6 +44,7 @@ class IngestOptions:
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_pixels: int = 89_478_485
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
+    allow_outside_root: bool = False  # index symlinks / manifest rows that leave the corpus root
 
     @classmethod
     def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
@@ -60,6 +61,7 @@ class IngestOptions:
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             draft_size=draft,
+            allow_outside_root=getattr(settings, "allow_outside_root", False),
         )
 
 
@@ -194,6 +196,9 @@ def run_ingest(
     report = IngestReport(collection=collection, model_id=info.model_id)
     executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
     report.decode_executor = executor
+    check_space = getattr(store, "check_free_space", None)  # the embedded store: a full disk is a SIGBUS
+    if check_space is not None:
+        check_space(f"ingest into {collection!r}")  # DiskFull before anything is written
 
     target = ensure_collection(store, embedder, collection)
     report.collection = target
@@ -209,7 +214,8 @@ def run_ingest(
     state = load_state(store, target)
     seen: set[str] = set()
     todo: list[CorpusItem] = []
-    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted):
+    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted,
+                             allow_outside_root=opts.allow_outside_root):
         if isinstance(entry, SkippedFile):
             report.failed.append(entry)
             seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point

@@ -47,6 +47,7 @@ from mmrag.errors import LockHeldError, RunFailed
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import ThreadedAsyncMixin
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.space import DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -108,11 +109,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and is_enospc(exc):
+            raise DiskFull(path, f"no space left on device while writing {path}; the previous version is kept") from exc
         raise
     _fsync_dir(path.parent)
 
@@ -377,8 +380,10 @@ class EdgeStore(ThreadedAsyncMixin):
         indexing_threshold_kb: int | None = None,
         max_indexing_threads: int = 0,
         lock_wait_s: float = 10.0,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         self.home = Path(home)
+        self.min_free_bytes = min_free_bytes  # kept free: qdrant-edge dies with SIGBUS on a full disk
         self.lock_wait_s = lock_wait_s  # how long a read waits for another process's shard
         self.max_search_threads = max_search_threads
         self._hnsw = dict(
@@ -430,6 +435,10 @@ class EdgeStore(ThreadedAsyncMixin):
             raise StoreCorrupted(f"cannot read {path}: not an mmrag collection metadata object")
         return meta
 
+    def check_free_space(self, what: str) -> None:
+        """Raise DiskFull unless the store's filesystem has its reserve free (run before a job)."""
+        require_free(self.home, 0, reserve=self.min_free_bytes, what=what)
+
     def _lock_shard(self, name: str, *, write: bool) -> int:
         """Our flock on the shard, taken before qdrant-edge may touch its files."""
         path = self._collection_dir(name) / "shard.lock"
@@ -474,6 +483,8 @@ class EdgeStore(ThreadedAsyncMixin):
             shard_dir = self._collection_dir(name) / "shard"
             fd = self._lock_shard(name, write=write)
             try:
+                # Even a read-only open touches a fresh WAL segment: on a full disk that is a SIGBUS.
+                require_free(shard_dir, 0, reserve=self.min_free_bytes, what=f"open collection {name!r}")
                 shard = qe.EdgeShard.load(str(shard_dir), config)
             except BaseException as exc:
                 release(fd)
@@ -521,6 +532,7 @@ class EdgeStore(ThreadedAsyncMixin):
             if spec.name in self.get_aliases():
                 raise ValueError(f"{spec.name!r} is an alias; choose another collection name")
             self.collections_dir.mkdir(parents=True, exist_ok=True)
+            require_free(self.collections_dir, 0, reserve=self.min_free_bytes, what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
             try:
                 config = qe.EdgeConfig(
@@ -550,8 +562,10 @@ class EdgeStore(ThreadedAsyncMixin):
                 )
                 os.rename(tmp_dir, final_dir)
                 _fsync_dir(self.collections_dir)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+                if isinstance(exc, Exception) and is_enospc(exc):
+                    raise DiskFull(tmp_dir, f"no space left on device while creating {final_dir}: {exc}") from exc
                 raise
 
     def get_spec(self, name: str) -> CollectionSpec | None:
@@ -664,8 +678,16 @@ class EdgeStore(ThreadedAsyncMixin):
         if not points:
             return
         shard = self._shard(name, write=True)
-        shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
-        shard.flush()  # durable when we return (survives kill -9)
+        shard_dir = self._collection_dir(self.resolve(name)) / "shard"
+        require_free(shard_dir, estimate_points_bytes(points), reserve=self.min_free_bytes,
+                     what=f"write {len(points)} points into {self.resolve(name)!r}")
+        try:
+            shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
+            shard.flush()  # durable when we return (survives kill -9)
+        except Exception as exc:
+            if is_enospc(exc):
+                raise DiskFull(shard_dir, f"no space left on device while writing into {shard_dir}: {exc}") from exc
+            raise
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
