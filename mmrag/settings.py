@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     )
 
     min_free_mb: float = Field(
-        default=64, ge=0, validation_alias=AliasChoices("MMRAG_MIN_FREE_MB", "min_free_mb"),
+        default=128, ge=0, validation_alias=AliasChoices("MMRAG_MIN_FREE_MB", "min_free_mb"),
         description="Embedded store: MiB kept free on its filesystem; a run stops with an error (exit 1) "
                     "before a write would go below it (qdrant-edge dies with SIGBUS on a full disk).",
     )

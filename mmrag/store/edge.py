@@ -47,7 +47,7 @@ from mmrag.errors import LockHeldError, RunFailed
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import ThreadedAsyncMixin
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
-from mmrag.store.space import DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
+from mmrag.store.space import CREATE_BYTES, DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -532,7 +532,8 @@ class EdgeStore(ThreadedAsyncMixin):
             if spec.name in self.get_aliases():
                 raise ValueError(f"{spec.name!r} is an alias; choose another collection name")
             self.collections_dir.mkdir(parents=True, exist_ok=True)
-            require_free(self.collections_dir, 0, reserve=self.min_free_bytes, what=f"create collection {spec.name!r}")
+            require_free(self.collections_dir, CREATE_BYTES, reserve=self.min_free_bytes,
+                         what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
             try:
                 config = qe.EdgeConfig(
