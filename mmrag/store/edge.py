@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -775,7 +776,9 @@ class EdgeStore(ThreadedAsyncMixin):
             with_payload=with_payload,
             with_vector=_with_vectors(with_vectors),
         )
-        return [to_scored_point(p, with_payload=with_payload) for p in self._shard(name).query(request)]
+        hits = [to_scored_point(p, with_payload=with_payload) for p in self._shard(name).query(request)]
+        _check_cosine_scores(name, hits)
+        return hits
 
     def search_fused(
         self,
@@ -835,6 +838,16 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
+    """A cosine score outside [-1, 1] (or NaN) means damaged vector files: refuse to serve it."""
+    for hit in hits:
+        if not math.isfinite(hit.score) or abs(hit.score) > 1.0 + 1e-3:
+            raise StoreCorrupted(
+                f"collection {name!r} returned score {hit.score!r} for point {hit.id}, impossible for a cosine "
+                f"similarity: its vector files are damaged. Rebuild it (`mmrag reindex {name} --rebuild`)."
+            )
 
 
 def default_prefetch_limit(limit: int) -> int:
