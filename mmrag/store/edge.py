@@ -91,6 +91,24 @@ class ShardLockHeld(LockHeldError, RuntimeError):
         )
 
 
+class _HeldLock:
+    """Our flock on one shard; released on close, or when the store is garbage-collected with it."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            release(fd)
+
+    def __del__(self) -> None:  # a store dropped without close() (as the engine drops its shard)
+        try:
+            self.release()
+        except OSError:
+            pass
+
+
 class StoreCorrupted(RunFailed):
     """A file of the embedded store cannot be read: named, with what to do."""
 
@@ -397,7 +415,7 @@ class EdgeStore(ThreadedAsyncMixin):
         self._lock = threading.RLock()  # guards _shards and meta.json writes
         self._alias_lock = threading.Lock()
         self._shards: dict[str, Any] = {}
-        self._shard_locks: dict[str, int] = {}  # collection -> fd of our flock on its shard.lock
+        self._shard_locks: dict[str, _HeldLock] = {}  # collection -> our flock on its shard.lock
         self._alias_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         # Directories are made on the first write, so read-only commands leave no trace.
 
@@ -493,7 +511,7 @@ class EdgeStore(ThreadedAsyncMixin):
                     raise ShardLockHeld(name, shard_dir, None, waited_s=0) from exc
                 raise
             self._shards[name] = shard
-            self._shard_locks[name] = fd
+            self._shard_locks[name] = _HeldLock(fd)
             return shard
 
     def _close_shard(self, name: str) -> None:
@@ -505,7 +523,7 @@ class EdgeStore(ThreadedAsyncMixin):
                     shard.close()
             finally:
                 if fd is not None:
-                    release(fd)
+                    fd.release()
 
     # --- collections ---------------------------------------------------------------
     def list_collections(self) -> list[str]:
