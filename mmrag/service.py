@@ -42,15 +42,26 @@ def targets() -> tuple[str, ...]:
 
 
 def collections(store: Any) -> list[dict[str, Any]]:
-    """Every collection with its aliases, point count, model, dim and schema version."""
+    """Every collection with its aliases, point count, model, dim and schema version.
+
+    A collection open in another process (the embedded store allows one per shard) is listed
+    with `busy` saying who holds it, and no count.
+    """
+    from mmrag.errors import LockHeldError
+
     aliases = store.get_aliases()
     rows = []
     for name in sorted(store.list_collections()):
         spec = store.get_spec(name)
+        try:
+            points, busy = store.count(name), None
+        except LockHeldError as exc:
+            points, busy = None, str(exc)
         rows.append({
             "name": name,
             "aliases": sorted(a for a, c in aliases.items() if c == name),
-            "points": store.count(name),
+            "points": points,
+            "busy": busy,
             "model_id": spec.model_id if spec else None,
             "dim": spec.dim if spec else None,
             "schema_version": spec.schema_version if spec else None,

@@ -93,6 +93,32 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=89_478_485, ge=1,
                                   description="Decompression-bomb limit (PIL's default).")
 
+    store_lock_wait_seconds: float = Field(
+        default=10.0, ge=0, validation_alias=AliasChoices("MMRAG_STORE_LOCK_WAIT_SECONDS", "store_lock_wait_seconds"),
+        description="Embedded store: how long a read (search, collections) waits for a collection another "
+                    "process has open before it gives up with exit 3. Writes never wait.",
+    )
+
+    min_free_mb: float = Field(
+        default=128, ge=0, validation_alias=AliasChoices("MMRAG_MIN_FREE_MB", "min_free_mb"),
+        description="Embedded store: MiB kept free on its filesystem; a run stops with an error (exit 1) "
+                    "before a write would go below it (qdrant-edge dies with SIGBUS on a full disk).",
+    )
+    rebuild_min_share: float = Field(
+        default=0.98, ge=0, le=1, validation_alias=AliasChoices("MMRAG_REBUILD_MIN_SHARE", "rebuild_min_share"),
+        description="A rebuilt version goes live only with at least this share of the live version's points.",
+    )
+    rebuild_max_failed: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("MMRAG_REBUILD_MAX_FAILED", "rebuild_max_failed"),
+        description="A rebuilt version goes live only if at most this many files failed (unset: no limit).",
+    )
+
+    allow_outside_root: bool = Field(
+        default=False, validation_alias=AliasChoices("MMRAG_ALLOW_OUTSIDE_ROOT", "allow_outside_root"),
+        description="Index symlinks whose target, and manifest rows whose path, lie outside the corpus root. "
+                    "Off: they are skipped with a reason and never opened.",
+    )
+
     # --- search -------------------------------------------------------------
     hnsw: bool = Field(default=False,
                        description="Approximate search; exact search is the default.")

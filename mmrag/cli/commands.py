@@ -353,7 +353,7 @@ def _load_pipeline(path: Path) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions
-    from mmrag.jobs.reindex import run_pipeline
+    from mmrag.jobs.reindex import RebuildGate, run_pipeline
 
     pdef = _load_pipeline(args.pipeline)
     app = _app(args)
@@ -362,15 +362,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
         options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
         progress=not args.json and not _quiet(args), prune=args.prune, keep=args.keep, migrate=args.migrate,
+        gate=RebuildGate.from_settings(app.settings, strict=args.strict),
     )
     return _job_result(args, report)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions
-    from mmrag.jobs.reindex import JobSpec, rebuild, rollback, run_pipeline
+    from mmrag.jobs.reindex import JobSpec, RebuildGate, rebuild, rollback, run_pipeline
 
     app = _app(args)
+    gate = RebuildGate.from_settings(app.settings, strict=args.strict)
     target = args.target
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         if args.rollback:
@@ -382,6 +384,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 pdef, store=app.store, embedder=embedder, home=app.settings.home, rebuild_all=args.rebuild,
                 options=IngestOptions.from_settings(app.settings, embedder), strict=args.strict,
                 progress=not args.json and not _quiet(args), prune=args.prune, keep=args.keep, migrate=args.migrate,
+                gate=gate,
             ))
     if args.rollback:
         return _job_result(args, rollback(target, store=app.store, home=app.settings.home, to=args.to))
@@ -403,7 +406,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
                   progress=not args.json and not _quiet(args))
     if args.rebuild:
-        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, **common))
+        return _job_result(args, rebuild(job, keep=args.keep, migrate=args.migrate, gate=gate, **common))
     from mmrag.jobs.reindex import sync
 
     return _job_result(args, sync(job, prune=args.prune, **common))
@@ -530,7 +533,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
-            print(f"{r['name']}{alias}: {r['points']} points, model {r['model_id']}, dim {r['dim']}")
+            size = f"{r['points']} points" if r["busy"] is None else "busy (open in another process)"
+            print(f"{r['name']}{alias}: {size}, model {r['model_id']}, dim {r['dim']}")
     return EXIT_OK
 
 

@@ -48,6 +48,7 @@ def iter_corpus(
     include_unlisted: bool = False,
     follow_symlinks: bool = False,
     ignored: Counter[str] | None = None,
+    allow_outside_root: bool = False,
 ) -> Iterator[CorpusItem | SkippedFile]:
     """Every image of a corpus, as CorpusItem, or SkippedFile for what cannot be used.
 
@@ -59,15 +60,15 @@ def iter_corpus(
     """
     root = Path(root)
     if manifest is None:
-        yield from scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored)
+        yield from scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored, allow_outside_root=allow_outside_root)
         return
     if not root.is_dir():
         raise NotADirectoryError(f"corpus root is not a folder: {root}")
     listed: set[str] = set()
-    for entry in read_manifest(Path(manifest), root=root):
+    for entry in read_manifest(Path(manifest), root=root, allow_outside_root=allow_outside_root):
         listed.add(entry.rel_path)
         yield with_sidecar_caption(entry) if isinstance(entry, CorpusItem) else entry
     if include_unlisted:
-        for entry in scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored):
+        for entry in scan_folder(root, follow_symlinks=follow_symlinks, ignored=ignored, allow_outside_root=allow_outside_root):
             if entry.rel_path not in listed:
                 yield entry

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmrag.corpus.scan import to_rel_path
+from mmrag.corpus.scan import MAX_CAPTION_BYTES, outside_root, to_rel_path
 from mmrag.corpus.types import CorpusItem, SkippedFile
 
 PATH_COLUMN = "path"
@@ -35,13 +35,16 @@ _DROP = object()  # marker: value is dropped from metadata (None, NaN, empty cel
 
 
 def read_manifest(
-    path: Path, *, root: Path | None = None, batch_size: int = 4096
+    path: Path, *, root: Path | None = None, batch_size: int = 4096, allow_outside_root: bool = False
 ) -> Iterator[CorpusItem | SkippedFile]:
     """Stream the rows of a manifest as CorpusItem (or SkippedFile for bad rows).
 
     `root` is the folder that relative `path` values are resolved against and
     that `rel_path` is computed from; it defaults to the manifest's folder.
     Later rows repeating an already seen path are skipped (a path is a point id).
+    A row whose path leaves the root (`../x`, an absolute path elsewhere, a symlink
+    pointing out) is a skipped row, and nothing outside the root is opened, unless
+    `allow_outside_root` (MMRAG_ALLOW_OUTSIDE_ROOT).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -66,7 +69,7 @@ def read_manifest(
         if isinstance(row, SkippedFile):
             yield row
             continue
-        result = _row_to_item(row, root, where, path.name)
+        result = _row_to_item(row, root, where, path.name, allow_outside_root)
         if isinstance(result, CorpusItem):
             if result.rel_path in first_seen:
                 yield SkippedFile(
@@ -201,11 +204,15 @@ def _clean_caption(value: Any) -> str | None:
     return text or None
 
 
-def _row_to_item(row: Mapping[str, Any], root: Path, where: str, manifest_name: str) -> CorpusItem | SkippedFile:
+def _row_to_item(
+    row: Mapping[str, Any], root: Path, where: str, manifest_name: str, allow_outside_root: bool = False
+) -> CorpusItem | SkippedFile:
     raw_path = row.get(PATH_COLUMN)
-    if not isinstance(raw_path, str) or not raw_path.strip():
+    if not isinstance(raw_path, str) or not raw_path.strip() or "\0" in raw_path:
         return SkippedFile(f"{manifest_name}:{where.split()[-1]}", f"{where}: missing or invalid {PATH_COLUMN!r}")
     resolved, rel_path = resolve_manifest_path(raw_path.strip(), root)
+    if not allow_outside_root and (reason := outside_root(resolved, root)):
+        return SkippedFile(rel_path, f"{where}: {reason}")
     try:
         st = os.stat(resolved)
     except FileNotFoundError:
@@ -215,6 +222,10 @@ def _row_to_item(row: Mapping[str, Any], root: Path, where: str, manifest_name: 
     if not stat.S_ISREG(st.st_mode):
         return SkippedFile(rel_path, "not a regular file")
 
+    caption = _clean_caption(row.get(CAPTION_COLUMN))
+    if caption is not None and len(caption.encode("utf-8")) > MAX_CAPTION_BYTES:
+        # The same limit as sidecar captions: a caption is text for a text encoder, not a document.
+        return SkippedFile(rel_path, f"{where}: caption is larger than {MAX_CAPTION_BYTES} bytes")
     metadata: dict[str, Any] = {}
     for key, value in row.items():
         if key in (PATH_COLUMN, CAPTION_COLUMN):
@@ -227,7 +238,7 @@ def _row_to_item(row: Mapping[str, Any], root: Path, where: str, manifest_name: 
         rel_path=rel_path,
         file_size=st.st_size,
         mtime=st.st_mtime,
-        caption=_clean_caption(row.get(CAPTION_COLUMN)),
+        caption=caption,
         metadata=metadata,
     )
 

@@ -34,7 +34,7 @@ _NEVER_SNIFF: frozenset[str] = frozenset(
 )
 
 # Sidecar captions are short; a huge .txt is not a caption and must not blow memory.
-_MAX_CAPTION_BYTES = 1 << 20
+MAX_CAPTION_BYTES = 1 << 20
 _SNIFF_BYTES = 16
 
 
@@ -62,12 +62,12 @@ def read_caption_file(path: str | os.PathLike[str]) -> str | None:
     """Caption text of a sidecar file: UTF-8 (BOM allowed), stripped; None if empty/unreadable."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read(_MAX_CAPTION_BYTES + 1)
+            raw = fh.read(MAX_CAPTION_BYTES + 1)
     except OSError as exc:
         log.warning("cannot read caption file %s: %s", path, exc)
         return None
-    if len(raw) > _MAX_CAPTION_BYTES:
-        log.warning("caption file %s is larger than %d bytes; ignored", path, _MAX_CAPTION_BYTES)
+    if len(raw) > MAX_CAPTION_BYTES:
+        log.warning("caption file %s is larger than %d bytes; ignored", path, MAX_CAPTION_BYTES)
         return None
     try:
         text = raw.decode("utf-8-sig")
@@ -99,6 +99,32 @@ def sidecar_caption(image_path: Path, *, siblings: set[str] | None = None) -> st
     return None
 
 
+def outside_root(path: Path, root: Path) -> str | None:
+    """Why `path` (an absolute path, normalised) is outside `root`, or None when it is inside.
+
+    The link target counts, not the link: `root/x.jpg -> /etc/passwd` is outside.
+    """
+    real_root = Path(os.path.realpath(root))
+    if not Path(os.path.normpath(path)).is_relative_to(root):
+        return f"path leaves the corpus root {root}; set MMRAG_ALLOW_OUTSIDE_ROOT=true to index it"
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(real_root):
+        return (f"symlink to {real}, outside the corpus root {root}; "
+                "set MMRAG_ALLOW_OUTSIDE_ROOT=true to index it")
+    return None
+
+
+def _inside_caption(path: Path, names: set[str], root: Path | None) -> str | None:
+    """The sidecar caption, unless the sidecar is a symlink out of the root (never opened then)."""
+    if root is not None:
+        name = next((n for n in _sidecar_names(path.name) if n in names), None)
+        candidate = path.parent / name if name else None
+        if candidate is not None and os.path.islink(candidate) and outside_root(candidate, root):
+            log.warning("caption file %s links outside the corpus root; ignored", candidate)
+            return None
+    return sidecar_caption(path, siblings=names)
+
+
 def to_rel_path(parts: list[str] | tuple[str, ...]) -> str:
     """POSIX, NFC-normalised relative path: the identity of a point on every OS."""
     return unicodedata.normalize("NFC", "/".join(parts))
@@ -109,13 +135,15 @@ def _is_hidden(name: str) -> bool:
 
 
 def scan_folder(
-    root: Path, *, follow_symlinks: bool = False, ignored: Counter[str] | None = None
+    root: Path, *, follow_symlinks: bool = False, ignored: Counter[str] | None = None, allow_outside_root: bool = False
 ) -> Iterator[CorpusItem | SkippedFile]:
     """Yield every candidate image under `root`, depth first, sorted by name.
 
     Hidden files and folders (`.git`, `.mmrag`, macOS `._x.jpg` resource forks) are
     skipped. Symlinked *files* are always followed (dataset caches use them);
     symlinked *folders* only with `follow_symlinks=True`, with cycle protection.
+    A symlink (file or folder) whose target lies outside `root` is skipped with
+    a reason and never opened, unless `allow_outside_root` (MMRAG_ALLOW_OUTSIDE_ROOT).
     Raises FileNotFoundError / NotADirectoryError for a bad `root`; problems
     below it are yielded as SkippedFile and never stop the scan. `ignored`, when
     given, counts the files passed over as not images, by extension (".tga").
@@ -126,9 +154,9 @@ def scan_folder(
     if not root.is_dir():
         raise NotADirectoryError(f"corpus root is not a folder: {root}")
     root_stat = root.stat()
-    yield from _scan_dir(
-        root.absolute(), [], follow_symlinks, ((root_stat.st_dev, root_stat.st_ino),), ignored
-    )
+    absolute = Path(os.path.normpath(root.absolute()))
+    yield from _scan_dir(absolute, [], follow_symlinks, ((root_stat.st_dev, root_stat.st_ino),), ignored,
+                         None if allow_outside_root else absolute)
 
 
 def _scan_dir(
@@ -137,6 +165,7 @@ def _scan_dir(
     follow_symlinks: bool,
     ancestors: tuple[tuple[int, int], ...],
     ignored: Counter[str] | None = None,
+    root: Path | None = None,  # set: symlinks must stay inside it
 ) -> Iterator[CorpusItem | SkippedFile]:
     try:
         with os.scandir(directory) as it:
@@ -158,6 +187,12 @@ def _scan_dir(
             is_link = entry.is_symlink()
         except OSError:
             is_dir, is_link = False, entry.is_symlink()
+        if is_link and root is not None and (is_dir and follow_symlinks or not is_dir) and os.path.exists(entry.path):
+            reason = outside_root(Path(entry.path), root)
+            if reason is not None:  # checked before the target is opened, even to sniff it
+                if is_dir or _extension(entry.name) not in _NEVER_SNIFF:  # a caption/notes link: not ours
+                    yield SkippedFile(to_rel_path(rel), reason)
+                continue
         if is_dir:
             if is_link and not follow_symlinks:
                 continue
@@ -181,7 +216,7 @@ def _scan_dir(
             rel_path=to_rel_path(rel),
             file_size=st.st_size,
             mtime=st.st_mtime,
-            caption=sidecar_caption(path, siblings=names),
+            caption=_inside_caption(path, names, root),
         )
 
     if ignored is not None:
@@ -197,5 +232,5 @@ def _scan_dir(
             log.warning("skipping %s: symlink cycle", entry.path)
             continue
         yield from _scan_dir(
-            directory / entry.name, rel_parts + [entry.name], follow_symlinks, ancestors + (key,), ignored
+            directory / entry.name, rel_parts + [entry.name], follow_symlinks, ancestors + (key,), ignored, root
         )

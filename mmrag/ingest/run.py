@@ -48,6 +48,7 @@ class IngestOptions:
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_pixels: int = 89_478_485
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
+    allow_outside_root: bool = False  # index symlinks / manifest rows that leave the corpus root
 
     @classmethod
     def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
@@ -64,6 +65,7 @@ class IngestOptions:
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             draft_size=draft,
+            allow_outside_root=getattr(settings, "allow_outside_root", False),
         )
 
 
@@ -236,6 +238,9 @@ def run_ingest(
     report = IngestReport(collection=collection, model_id=info.model_id)
     executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
     report.decode_executor = executor
+    check_space = getattr(store, "check_free_space", None)  # the embedded store: a full disk is a SIGBUS
+    if check_space is not None:
+        check_space(f"ingest into {collection!r}")  # DiskFull before anything is written
 
     check_corpus(root, manifest)
     corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
@@ -243,7 +248,8 @@ def run_ingest(
     # fails here and leaves no empty collection locked to this model behind.
     ignored: Counter[str] = Counter()
     try:
-        entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored))
+        entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored,
+                                   allow_outside_root=opts.allow_outside_root))
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UsageError(str(exc)) from exc
     report.ignored = dict(ignored)

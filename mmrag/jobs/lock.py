@@ -21,18 +21,13 @@ the guard is the scheduler itself: the CronJob's `concurrencyPolicy: Forbid`
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
-import os
 import re
-import socket
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from mmrag.errors import LockHeldError
+from mmrag.flock import describe_holder, process_holder, release, try_lock
 
 __all__ = ["CollectionLock", "LockHeld", "lock_path"]
 
@@ -44,15 +39,8 @@ class LockHeld(LockHeldError, RuntimeError):
         self.collection = collection
         self.path = path
         self.holder = holder or {}
-        if holder:
-            who = (
-                f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
-                + (f" (job: {holder['job']})" if holder.get("job") else "")
-            )
-        else:
-            who = "a process that has not written its details yet"
         super().__init__(
-            f"collection {collection!r} is locked by {who}; another job is running on it. "
+            f"collection {collection!r} is locked by {describe_holder(holder)}; another job is running on it. "
             f"Wait for it to finish (lock file: {path})."
         )
 
@@ -61,20 +49,6 @@ def lock_path(home: Path | str, collection: str) -> Path:
     # Collection names are validated elsewhere; still keep the file name safe.
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", collection)
     return Path(home) / "locks" / f"{safe}.lock"
-
-
-def _read_holder(fd: int) -> dict[str, Any] | None:
-    os.lseek(fd, 0, os.SEEK_SET)
-    raw = b""
-    while chunk := os.read(fd, 65536):
-        raw += chunk
-    if not raw.strip():
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {"raw": raw.decode("utf-8", "replace")[:200]}
-    return data if isinstance(data, dict) else {"raw": str(data)[:200]}
 
 
 class CollectionLock:
@@ -96,48 +70,18 @@ class CollectionLock:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Never unlink the lock file: a process waiting on the old inode would lock a ghost.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise LockHeld(self.collection, self.path, holder) from None
-        try:
-            # Content left behind means the previous holder died while holding the lock.
-            self.took_over = _read_holder(fd)
-            self.holder = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "collection": self.collection,
-                **({"job": self.job} if self.job else {}),
-            }
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(self.holder).encode("utf-8"))
-            os.fsync(fd)
-        except BaseException:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-            raise
-        self._fd = fd
+        holder = process_holder(collection=self.collection, job=self.job)
+        fd, previous = try_lock(self.path, holder)
+        if fd is None:
+            raise LockHeld(self.collection, self.path, previous)
+        # Content left behind means the previous holder died while holding the lock.
+        self.took_over, self.holder, self._fd = previous, holder, fd
         return self
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            # Empty file = released cleanly; do it while still holding the lock.
-            os.ftruncate(fd, 0)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        if fd is not None:
+            release(fd)
 
     @property
     def held(self) -> bool:

@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ExitCode",
+    "GateResult",
     "JobReport",
+    "RebuildGate",
     "JobSpec",
     "list_versions",
     "rebuild",
@@ -93,6 +95,59 @@ class _Invalid(Exception):
 
 class _Failed(Exception):
     """The run failed after starting (exit code 1)."""
+
+
+class _StrictRefused(_Failed):
+    """--strict and some files failed: the rebuild does not switch (status partial, exit code 4)."""
+
+
+# --- the gate a rebuilt version must pass before it goes live ----------------------------------
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    reasons: list[str]
+    new_points: int
+    live_points: int | None
+    failed_files: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RebuildGate:
+    """Size checks on a rebuilt version before the switch (a corpus that vanished mid-run must not go live).
+
+    `min_share`: the new version holds at least this share of the live version's points.
+    `max_failed`: at most this many files failed (None: no limit). `strict`: no failed file at all.
+    """
+
+    min_share: float = 0.98
+    max_failed: int | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_share <= 1.0:
+            raise ValueError(f"rebuild min_share must be within [0, 1], got {self.min_share}")
+        if self.max_failed is not None and self.max_failed < 0:
+            raise ValueError(f"rebuild max_failed must be >= 0, got {self.max_failed}")
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, strict: bool = False) -> RebuildGate:
+        return cls(min_share=settings.rebuild_min_share, max_failed=settings.rebuild_max_failed, strict=strict)
+
+    def check(self, *, new_points: int, live_points: int | None, failed_files: int) -> GateResult:
+        reasons = []
+        if live_points and new_points < self.min_share * live_points:
+            reasons.append(
+                f"{new_points} points is {new_points / live_points:.1%} of the live {live_points}, "
+                f"below the gate's {self.min_share:.0%} (MMRAG_REBUILD_MIN_SHARE)"
+            )
+        if self.strict and failed_files:
+            reasons.append(f"{failed_files} files failed and --strict was given")
+        elif self.max_failed is not None and failed_files > self.max_failed:
+            reasons.append(f"{failed_files} files failed, more than the gate's {self.max_failed} (MMRAG_REBUILD_MAX_FAILED)")
+        return GateResult(not reasons, reasons, new_points, live_points, failed_files)
 
 
 # --- what to run ------------------------------------------------------------------------------
@@ -165,6 +220,7 @@ class JobReport:
     deleted_versions: list[str] = field(default_factory=list)  # old versions retired beyond `keep`
     removed_leftovers: list[str] = field(default_factory=list)  # unfinished versions of killed rebuilds
     stale_lock: dict[str, Any] | None = None  # holder info of a killed job whose lock we took over
+    gate: dict[str, Any] | None = None  # GateResult.to_dict() of a rebuilt version
     pipeline: str | None = None
     model_id: str | None = None
     strict: bool = False
@@ -223,6 +279,8 @@ class JobReport:
             lines.append(f"  abandoned half-built {self.abandoned}")
         if self.stale_lock:
             lines.append(f"  took over a stale lock of pid {self.stale_lock.get('pid')} on {self.stale_lock.get('host')}")
+        if self.gate and not self.gate.get("passed"):
+            lines.append("  gate refused the new version: " + "; ".join(self.gate.get("reasons", [])))
         if self.error:
             lines.append(f"  ERROR: {self.error}")
         if self.report_path:
@@ -274,6 +332,8 @@ class _Job:
             r.status, r.error = "locked", str(exc)
         except (_Invalid, SchemaMismatch) as exc:
             r.status, r.error = "invalid", str(exc)
+        except _StrictRefused as exc:
+            r.status, r.error = "partial", str(exc)
         except _Failed as exc:
             r.status, r.error = "failed", str(exc)
         except Exception as exc:  # store down, model error, ...: recorded, and the exit code says so
@@ -369,6 +429,7 @@ def _build_and_switch(
     migrate: bool,
     progress: bool,
     retire_grace_s: float,
+    gate: RebuildGate | None = None,
 ) -> None:
     name = spec.collection
     live = store.get_aliases().get(name)
@@ -393,6 +454,8 @@ def _build_and_switch(
         rep = _ingest(ingest_fn, store, embedder, spec, new, prune=False, progress=progress)
         _record_ingest(r, rep)
         _validate_version(store, embedder, new)
+        if gate is not None:
+            _check_gate(r, store, gate, new=new, live=r.previous, failed_files=len(rep.failed))
         store.update_metadata(new, {COMPLETE_KEY: {"completed_at": _now().isoformat(timespec="seconds"),
                                                    "job": r.job, "pipeline": spec.pipeline}})
     except BaseException:
@@ -420,6 +483,17 @@ def _build_and_switch(
     else:
         store.set_alias(name, new)  # the atomic switch
     r.deleted_versions = _retire(store, name, new=new, previous=live, keep=keep, grace_s=retire_grace_s)
+
+
+def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: str | None, failed_files: int) -> None:
+    """Refuse the switch (the new version is then abandoned, nothing is pruned) unless `gate` passes."""
+    live_points = store.count(live) if live and store.collection_exists(live) else None
+    result = gate.check(new_points=store.count(new), live_points=live_points, failed_files=failed_files)
+    r.gate = result.to_dict()
+    if not result.passed:
+        only_strict = len(result.reasons) == 1 and gate.strict and failed_files and "--strict" in result.reasons[0]
+        raise (_StrictRefused if only_strict else _Failed)(f"the rebuilt {new!r} did not pass the gate, so {r.collection!r} still serves "
+                      f"{live!r}: " + "; ".join(result.reasons))
 
 
 def _retire(store: Any, name: str, *, new: str, previous: str | None, keep: int, grace_s: float) -> list[str]:
@@ -510,11 +584,14 @@ def rebuild(
     progress: bool = False,
     lock: bool = True,
     retire_grace_s: float = 2.0,
+    gate: RebuildGate | None = None,
 ) -> JobReport:
     """Build `name__vN` from scratch, validate it, switch the alias atomically, keep `keep` versions.
 
     `keep` (default: the job's `keep_versions`) counts the live version; keep=1 leaves nothing to roll
     back to. `retire_grace_s`: wait before deleting the version that was live a moment ago.
+    `gate` (default `RebuildGate()`, strict when `strict`): the new version switches only if it passes;
+    otherwise it is deleted, the alias and every old version stay as they were.
     """
     spec = _as_job(job)
     ingest = ingest_fn or _default_ingest()
@@ -522,10 +599,14 @@ def rebuild(
     if keep_n < 1:
         raise ValueError("keep must be >= 1 (the live version counts)")
 
+    gate = gate or RebuildGate(strict=strict)
+    if strict and not gate.strict:
+        gate = dataclasses.replace(gate, strict=True)  # --strict never switches after a failure
+
     def body(r: JobReport) -> None:
         r.model_id = embedder.info.model_id
         _build_and_switch(r, store, embedder, spec, ingest_fn=ingest, keep=keep_n, migrate=migrate,
-                          progress=progress, retire_grace_s=retire_grace_s)
+                          progress=progress, retire_grace_s=retire_grace_s, gate=gate)
 
     return _Job("rebuild", spec.collection, Path(home), strict=strict, lock=lock, pipeline=spec.pipeline).run(body)
 
@@ -582,6 +663,7 @@ def run_pipeline(
     keep: int | None = None,
     migrate: bool = False,
     lock: bool = True,
+    gate: RebuildGate | None = None,
 ) -> JobReport:
     """`mmrag run pipelines/x.yaml`: a sync, or a full rebuild with `rebuild_all`.
 
@@ -592,7 +674,7 @@ def run_pipeline(
     common = dict(store=store, embedder=embedder, home=home, ingest_fn=ingest_fn, strict=strict, progress=progress,
                   lock=lock)
     if rebuild_all:
-        return rebuild(spec, keep=keep, migrate=migrate, **common)
+        return rebuild(spec, keep=keep, migrate=migrate, gate=gate, **common)
     return sync(spec, prune=prune, **common)
 
 

@@ -63,6 +63,16 @@ def point_id(rel_path: str | PurePath) -> str:
 # --- payload ----------------------------------------------------------------------
 
 
+# Flags the payload stores in a keyword form of their own (see build_payload).
+FLAG_KEYWORDS: dict[str, tuple[str, str]] = {"has_caption": ("yes", "no")}
+
+
+def flag_keyword(key: str, value: bool) -> str:
+    """A boolean filter value in the form field `key` stores it: "yes"/"no" for has_caption, else bool_keyword."""
+    yes, no = FLAG_KEYWORDS.get(key, ("true", "false"))
+    return yes if value else no
+
+
 def bool_keyword(value: bool) -> str:
     """Booleans are stored and filtered as the keywords "true"/"false".
 

@@ -11,20 +11,30 @@ qdrant-edge has no collections, aliases or collection metadata; this module
 supplies them with small JSON files and speaks qdrant-client `models` at its
 surface so callers cannot tell it from `QdrantClientStore`.
 
+    home/collections/<name>/shard.lock     our flock, taken BEFORE qdrant-edge opens the shard
+
 Limitation: qdrant-edge lets only ONE process open a shard directory at a time
-(the shard's WAL is locked). A second process gets a clear RuntimeError. Inside
-one process shards are opened lazily, cached, and shared by all threads.
+(the shard's WAL is locked). Worse, qdrant-edge 0.9's loader deletes the holder's
+`tracker_journal.dat` files and rewrites `tracker.dat` before it notices the WAL
+lock (bench/repro/edge_second_open.py), so a refused second process breaks the
+holder's next flush. We therefore never let the engine try: each shard is guarded
+by our own exclusive flock on `shard.lock`. A reader waits up to `lock_wait_s` for
+it, a writer is refused at once; both get `ShardLockHeld` (exit 3) naming the
+holder (pid, command, since). Inside one process shards are opened lazily,
+cached, and shared by all threads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,8 +44,11 @@ from typing import Any
 import qdrant_edge as qe
 from qdrant_client import models
 
+from mmrag.errors import LockHeldError, RunFailed
+from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import ThreadedAsyncMixin
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.space import CREATE_BYTES, DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -65,6 +78,43 @@ BOOLEAN_FILTER_MESSAGE = (
 )
 
 
+class ShardLockHeld(LockHeldError, RuntimeError):
+    """Another process has the collection's shard open (qdrant-edge allows one per shard)."""
+
+    def __init__(self, collection: str, path: Path, holder: dict[str, Any] | None, *, waited_s: float):
+        self.collection, self.path, self.holder = collection, path, holder or {}
+        waited = f" (waited {waited_s:g} s)" if waited_s > 0 else ""
+        super().__init__(
+            f"collection {collection!r} is open in another process: {describe_holder(holder)}{waited}. "
+            f"The embedded store allows one process per collection; wait for it to finish, stop it, "
+            f"or use a Qdrant server (QDRANT_URL). If a running `mmrag serve` holds it, rebuild instead: "
+            f"`mmrag reindex {re.sub(r'__v[0-9]+$', '', collection)} --rebuild` writes a new version beside it, "
+            f"and the server switches to it with no restart. Lock file: {path}"
+        )
+
+
+class _HeldLock:
+    """Our flock on one shard; released on close, or when the store is garbage-collected with it."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            release(fd)
+
+    def __del__(self) -> None:  # a store dropped without close() (as the engine drops its shard)
+        try:
+            self.release()
+        except OSError:
+            pass
+
+
+class StoreCorrupted(RunFailed):
+    """A file of the embedded store cannot be read: named, with what to do."""
+
+
 # ---------------------------------------------------------------------------
 # JSON files
 # ---------------------------------------------------------------------------
@@ -80,11 +130,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and is_enospc(exc):
+            raise DiskFull(path, f"no space left on device while writing {path}; the previous version is kept") from exc
         raise
     _fsync_dir(path.parent)
 
@@ -348,8 +400,12 @@ class EdgeStore(ThreadedAsyncMixin):
         full_scan_threshold_kb: int = 10_000,
         indexing_threshold_kb: int | None = None,
         max_indexing_threads: int = 0,
+        lock_wait_s: float = 10.0,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         self.home = Path(home)
+        self.min_free_bytes = min_free_bytes  # kept free: qdrant-edge dies with SIGBUS on a full disk
+        self.lock_wait_s = lock_wait_s  # how long a read waits for another process's shard
         self.max_search_threads = max_search_threads
         self._hnsw = dict(
             m=hnsw_m,
@@ -361,6 +417,7 @@ class EdgeStore(ThreadedAsyncMixin):
         self._lock = threading.RLock()  # guards _shards and meta.json writes
         self._alias_lock = threading.Lock()
         self._shards: dict[str, Any] = {}
+        self._shard_locks: dict[str, _HeldLock] = {}  # collection -> our flock on its shard.lock
         self._alias_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         # Directories are made on the first write, so read-only commands leave no trace.
 
@@ -384,18 +441,48 @@ class EdgeStore(ThreadedAsyncMixin):
         return self._collection_dir(name) / "meta.json"
 
     def _read_meta(self, name: str) -> dict[str, Any] | None:
+        path = self._meta_path(name)
         try:
-            with open(self._meta_path(name), encoding="utf-8") as fh:
-                return json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                meta = json.load(fh)
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            raise StoreCorrupted(
+                f"cannot read {path}: {exc}. The collection's metadata is damaged; restore it from a "
+                f"backup or rebuild the collection (`mmrag repair {name}`)"
+            ) from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("metadata"), dict):
+            raise StoreCorrupted(f"cannot read {path}: not an mmrag collection metadata object")
+        return meta
+
+    def check_free_space(self, what: str) -> None:
+        """Raise DiskFull unless the store's filesystem has its reserve free (run before a job)."""
+        require_free(self.home, 0, reserve=self.min_free_bytes, what=what)
+
+    def _lock_shard(self, name: str, *, write: bool) -> int:
+        """Our flock on the shard, taken before qdrant-edge may touch its files."""
+        path = self._collection_dir(name) / "shard.lock"
+        wait = 0.0 if write else self.lock_wait_s
+        deadline = time.monotonic() + wait
+        while True:
+            fd, holder = try_lock(path, process_holder(collection=name, access="write" if write else "read"))
+            if fd is not None:
+                return fd
+            if time.monotonic() >= deadline:
+                raise ShardLockHeld(name, path, holder, waited_s=wait)
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # --- shards ------------------------------------------------------------------
     def _vector_params(self, dim: int) -> dict[str, Any]:
         return {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in VECTOR_NAMES}
 
-    def _shard(self, name: str) -> Any:
-        """The open shard of collection `name` (an alias is resolved first)."""
+    def _shard(self, name: str, *, write: bool = False) -> Any:
+        """The open shard of collection `name` (an alias is resolved first).
+
+        Opening it takes our shard lock first: a read waits up to `lock_wait_s` for
+        another process, a write is refused at once (`ShardLockHeld`).
+        """
         name = self.resolve(name)
         shard = self._shards.get(name)
         if shard is not None:
@@ -415,26 +502,30 @@ class EdgeStore(ThreadedAsyncMixin):
                     max_search_threads=self.max_search_threads,
                 )
             shard_dir = self._collection_dir(name) / "shard"
+            fd = self._lock_shard(name, write=write)
             try:
+                # Even a read-only open touches a fresh WAL segment: on a full disk that is a SIGBUS.
+                require_free(shard_dir, 0, reserve=self.min_free_bytes, what=f"open collection {name!r}")
                 shard = qe.EdgeShard.load(str(shard_dir), config)
-            except Exception as exc:
-                if "WouldBlock" in str(exc):
-                    raise RuntimeError(
-                        f"collection {name!r} ({shard_dir}) is open in another process; qdrant-edge allows one "
-                        f"process per shard directory. Stop the other mmrag process or use a Qdrant server (QDRANT_URL). "
-                        f"If a running `mmrag serve` holds it, rebuild instead: `mmrag reindex "
-                        f"{re.sub(r'__v[0-9]+$', '', name)} --rebuild` writes a new version beside it, and the server "
-                        f"switches to it with no restart."
-                    ) from exc
+            except BaseException as exc:
+                release(fd)
+                if "WouldBlock" in str(exc):  # a process that does not take our lock (not mmrag)
+                    raise ShardLockHeld(name, shard_dir, None, waited_s=0) from exc
                 raise
             self._shards[name] = shard
+            self._shard_locks[name] = _HeldLock(fd)
             return shard
 
     def _close_shard(self, name: str) -> None:
         with self._lock:
             shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
+            fd = self._shard_locks.pop(name, None)
+            try:
+                if shard is not None:
+                    shard.close()
+            finally:
+                if fd is not None:
+                    fd.release()
 
     # --- collections ---------------------------------------------------------------
     def list_collections(self) -> list[str]:
@@ -462,6 +553,8 @@ class EdgeStore(ThreadedAsyncMixin):
             if spec.name in self.get_aliases():
                 raise ValueError(f"{spec.name!r} is an alias; choose another collection name")
             self.collections_dir.mkdir(parents=True, exist_ok=True)
+            require_free(self.collections_dir, CREATE_BYTES, reserve=self.min_free_bytes,
+                         what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
             try:
                 config = qe.EdgeConfig(
@@ -491,8 +584,10 @@ class EdgeStore(ThreadedAsyncMixin):
                 )
                 os.rename(tmp_dir, final_dir)
                 _fsync_dir(self.collections_dir)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+                if isinstance(exc, Exception) and is_enospc(exc):
+                    raise DiskFull(tmp_dir, f"no space left on device while creating {final_dir}: {exc}") from exc
                 raise
 
     def get_spec(self, name: str) -> CollectionSpec | None:
@@ -508,6 +603,9 @@ class EdgeStore(ThreadedAsyncMixin):
             meta = self._read_meta(real)
             if meta is None:
                 raise ValueError(f"collection {real!r} not found")
+            # A metadata change is a write: only the process holding the shard may make it.
+            self._shard(real, write=True)
+            meta = self._read_meta(real) or meta
             meta["metadata"] = {**meta.get("metadata", {}), **dict(metadata)}
             write_json_atomic(self._meta_path(real), meta)
 
@@ -517,10 +615,16 @@ class EdgeStore(ThreadedAsyncMixin):
         with self._lock:
             self._close_shard(name)
             if directory.exists():
-                # Rename first so a crash mid-delete never leaves a listed, half-deleted collection.
-                doomed = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-                os.rename(directory, doomed)
-                _fsync_dir(self.collections_dir)
+                # Never delete a shard another process has open: its next write would fail.
+                fd = self._lock_shard(name, write=True) if (directory / "meta.json").is_file() else None
+                try:
+                    # Rename first so a crash mid-delete never leaves a listed, half-deleted collection.
+                    doomed = self.collections_dir / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+                    os.rename(directory, doomed)
+                    _fsync_dir(self.collections_dir)
+                finally:
+                    if fd is not None:
+                        release(fd)
                 shutil.rmtree(doomed, ignore_errors=True)
         with self._alias_write() as aliases:
             for alias in [a for a, target in aliases.items() if target == name]:
@@ -528,7 +632,7 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None:
         real = self.resolve(name)
-        shard = self._shard(real)
+        shard = self._shard(real, write=True)
         shard.update(qe.UpdateOperation.create_field_index(field, to_edge_schema(schema)))
         shard.flush()
         with self._lock:
@@ -595,28 +699,36 @@ class EdgeStore(ThreadedAsyncMixin):
     def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
         if not points:
             return
-        shard = self._shard(name)
-        shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
-        shard.flush()  # durable when we return (survives kill -9)
+        shard = self._shard(name, write=True)
+        shard_dir = self._collection_dir(self.resolve(name)) / "shard"
+        require_free(shard_dir, estimate_points_bytes(points), reserve=self.min_free_bytes,
+                     what=f"write {len(points)} points into {self.resolve(name)!r}")
+        try:
+            shard.update(qe.UpdateOperation.upsert_points([to_edge_point(p) for p in points]))
+            shard.flush()  # durable when we return (survives kill -9)
+        except Exception as exc:
+            if is_enospc(exc):
+                raise DiskFull(shard_dir, f"no space left on device while writing into {shard_dir}: {exc}") from exc
+            raise
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         shard.update(qe.UpdateOperation.delete_points([_id_in(i) for i in ids]))
         shard.flush()
 
     def set_payload(self, name: str, payload: Mapping[str, Any], ids: Sequence[str]) -> None:
         if not ids:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         shard.update(qe.UpdateOperation.set_payload([_id_in(i) for i in ids], dict(payload)))
         shard.flush()
 
     def set_payloads(self, name: str, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         if not updates:
             return
-        shard = self._shard(name)
+        shard = self._shard(name, write=True)
         for pid, payload in updates:
             shard.update(qe.UpdateOperation.set_payload([_id_in(pid)], dict(payload)))
         shard.flush()  # one flush per batch: flushing per point costs ~9 ms each
@@ -684,7 +796,9 @@ class EdgeStore(ThreadedAsyncMixin):
             with_payload=with_payload,
             with_vector=_with_vectors(with_vectors),
         )
-        return [to_scored_point(p, with_payload=with_payload) for p in self._shard(name).query(request)]
+        hits = [to_scored_point(p, with_payload=with_payload) for p in self._shard(name).query(request)]
+        _check_cosine_scores(name, hits)
+        return hits
 
     def search_fused(
         self,
@@ -723,7 +837,7 @@ class EdgeStore(ThreadedAsyncMixin):
         qdrant-edge holds the GIL while it builds HNSW, so other Python threads of
         this process stall meanwhile: run it after ingestion, not during serving.
         """
-        self._shard(name).optimize()
+        self._shard(name, write=True).optimize()
 
     def close_collection(self, name: str) -> None:
         """Close this process's handle on `name`'s shard (reopened on next use), e.g. a retired version."""
@@ -748,6 +862,16 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
+    """A cosine score outside [-1, 1] (or NaN) means damaged vector files: refuse to serve it."""
+    for hit in hits:
+        if not math.isfinite(hit.score) or abs(hit.score) > 1.0 + 1e-3:
+            raise StoreCorrupted(
+                f"collection {name!r} returned score {hit.score!r} for point {hit.id}, impossible for a cosine "
+                f"similarity: its vector files are damaged. Rebuild it (`mmrag reindex {name} --rebuild`)."
+            )
 
 
 def default_prefetch_limit(limit: int) -> int:

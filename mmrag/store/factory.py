@@ -44,4 +44,5 @@ def open_store(settings: Settings) -> Store:
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
         )
-    return EdgeStore(settings.home)
+    return EdgeStore(settings.home, lock_wait_s=settings.store_lock_wait_seconds,
+                     min_free_bytes=int(settings.min_free_mb * 1024 * 1024))

@@ -16,6 +16,7 @@ matched with a closed range, since Qdrant's exact match only takes keywords and 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
-from mmrag.store.convert import bool_keyword
+from mmrag.errors import UsageError
+from mmrag.store.convert import FLAG_KEYWORDS, flag_keyword
 
 RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
 FIELD_OPERATORS = ("eq", "ne", "in", "nin", "text", *RANGE_OPERATORS)
@@ -32,16 +34,32 @@ LOGICAL_KEYS = ("$and", "$or", "$not")
 
 Condition = Any  # one of models.Condition's members (FieldCondition, Filter, ...)
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH = 32  # nested $and/$or/$not levels: deeper is a mistake (and would overflow the stack)
+
+
+class FilterValueError(UsageError):
+    """A filter value that cannot match as written (exit 2, HTTP 400)."""
+
 
 # --- values -------------------------------------------------------------------
 
 
 def _scalar(value: Any, key: str) -> Any:
-    """A filter value in payload vocabulary: bool -> keyword, numpy -> Python."""
+    """A filter value in payload vocabulary: bool -> the field's stored keyword, numpy -> Python.
+
+    Numbers must be finite and integers within int64 (Qdrant's integer payload); else FilterValueError.
+    """
     if isinstance(value, (bool, np.bool_)):
-        return bool_keyword(bool(value))
+        return flag_keyword(key, bool(value))
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, str) and key in FLAG_KEYWORDS and value.strip().lower() in ("true", "false"):
+        return flag_keyword(key, value.strip().lower() == "true")  # has_caption=true from the CLI
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise FilterValueError(f"filter on {key!r}: {value} is outside the 64-bit integer range Qdrant stores")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FilterValueError(f"filter on {key!r}: {value!r} is not a finite number; a NaN bound would disable the filter")
     if value is None:
         raise ValueError(f"filter on {key!r}: None cannot be matched; use a value, or filter on 'has_caption'")
     if isinstance(value, (str, int, float, datetime, date)):
@@ -157,7 +175,7 @@ def _single(flt: models.Filter) -> Condition:
     return must[0] if _only_must(flt) and len(must) == 1 else flt
 
 
-def _sub_filters(key: str, value: Any) -> list[models.Filter]:
+def _sub_filters(key: str, value: Any, depth: int = 0) -> list[models.Filter]:
     subs = [value] if isinstance(value, Mapping) else value
     if not isinstance(subs, (list, tuple)) or not subs:
         raise ValueError(f"{key!r} takes a non-empty list of filter dicts, e.g. {{{key!r}: [{{'tags': 'cat'}}]}}")
@@ -165,7 +183,7 @@ def _sub_filters(key: str, value: Any) -> list[models.Filter]:
     for sub in subs:
         if not isinstance(sub, Mapping) or not sub:
             raise ValueError(f"{key!r}: each entry must be a non-empty filter dict, got {sub!r}")
-        out.append(filter_from_dict(sub))
+        out.append(_filter_from_dict(sub, depth + 1))
     return out
 
 
@@ -181,8 +199,14 @@ def filter_from_dict(spec: Mapping[str, Any] | models.Filter | None) -> models.F
     A models.Filter is passed through unchanged. Unknown operators raise ValueError naming
     the operator and the field.
     """
+    return _filter_from_dict(spec, 0)
+
+
+def _filter_from_dict(spec: Any, depth: int) -> models.Filter | None:
     if spec is None or isinstance(spec, models.Filter):
         return spec
+    if depth > MAX_DEPTH:
+        raise FilterValueError(f"filter nests $and/$or/$not deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, Mapping):
         raise ValueError(f"a filter must be a dict like {{'tags': 'cat'}}, got {type(spec).__name__}")
     must: list[Condition] = []
@@ -190,12 +214,12 @@ def filter_from_dict(spec: Mapping[str, Any] | models.Filter | None) -> models.F
     must_not: list[Condition] = []
     for key, value in spec.items():
         if key == "$and":
-            for sub in _sub_filters(key, value):
+            for sub in _sub_filters(key, value, depth):
                 must.extend(_as_list(sub.must) if _only_must(sub) else [sub])
         elif key == "$or":
-            should.extend(_single(sub) for sub in _sub_filters(key, value))
+            should.extend(_single(sub) for sub in _sub_filters(key, value, depth))
         elif key == "$not":
-            must_not.extend(_single(sub) for sub in _sub_filters(key, value))
+            must_not.extend(_single(sub) for sub in _sub_filters(key, value, depth))
         elif isinstance(key, str) and key.startswith("$"):
             raise ValueError(f"unknown logical operator {key!r}; use one of {', '.join(LOGICAL_KEYS)}")
         else:
@@ -302,6 +326,8 @@ def filter_from_cli(pairs: Sequence[str]) -> models.Filter | None:
     for key, ops in entries:
         try:
             field_must, field_must_not = _field_conditions(key, ops)
+        except FilterValueError:
+            raise
         except ValueError as exc:
             raise ValueError(f"{exc}; {CLI_EXAMPLE}") from None
         must.extend(field_must)

@@ -25,6 +25,11 @@ import httpx
 import tenacity
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+try:  # qdrant-client raises this (not UnexpectedResponse) for a 429 that carries Retry-After
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+except ImportError:  # pragma: no cover - older qdrant-client
+    ResourceExhaustedResponse = None  # type: ignore[assignment,misc]
+
 from mmrag.errors import RunFailed
 from mmrag.store.base import Store
 from mmrag.store.schema import SchemaMismatch
@@ -66,6 +71,8 @@ def is_transient(exc: BaseException) -> bool:
     ValueError/TypeError and anything unknown."""
     if isinstance(exc, (SchemaMismatch, ValueError, TypeError)):
         return False
+    if ResourceExhaustedResponse is not None and isinstance(exc, ResourceExhaustedResponse):
+        return True  # 429 with Retry-After: the server asks us to come back later
     if isinstance(exc, UnexpectedResponse):
         status = exc.status_code
         return status is not None and (status == 429 or 500 <= status <= 599)
@@ -87,6 +94,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def _retry_after_seconds(exc: BaseException | None) -> float:
     """The server's Retry-After (seconds or HTTP date) on a 429/503, else 0."""
+    if ResourceExhaustedResponse is not None and isinstance(exc, ResourceExhaustedResponse):
+        return max(0.0, float(exc.retry_after_s))
     if not isinstance(exc, UnexpectedResponse) or exc.headers is None:
         return 0.0
     value = exc.headers.get("retry-after")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmrag.corpus import iter_corpus, read_manifest, scan_folder
-from mmrag.corpus.types import CorpusItem
+from mmrag.corpus.types import CorpusItem, SkippedFile
 
 
 def _png() -> bytes:
@@ -81,10 +81,14 @@ def test_jsonl_with_bom_and_absolute_paths(images, tmp_path_factory):
     manifest = images / "m.jsonl"
     rows = [{"path": str(images / "b.png")}, {"path": str(elsewhere)}]
     manifest.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode("utf-8"))
-    entries = list(read_manifest(manifest))
+    entries = list(read_manifest(manifest, allow_outside_root=True))
     # inside the root: relative identity; outside: its absolute path is the identity
     assert [e.rel_path for e in entries] == ["b.png", elsewhere.as_posix()]
     assert all(isinstance(e, CorpusItem) for e in entries)
+    # By default a row outside the root is a skipped row, not an item
+    default = list(read_manifest(manifest))
+    assert isinstance(default[0], CorpusItem) and isinstance(default[1], SkippedFile)
+    assert default[1].reason == f"line 2: path leaves the corpus root {images}; set MMRAG_ALLOW_OUTSIDE_ROOT=true to index it"
 
 
 def test_jsonl_without_path_column_is_an_error(images):

@@ -143,7 +143,7 @@ def test_symlinked_files_are_followed_folders_only_on_request(tmp_path):
     (corpus / "linked_dir").symlink_to(data_dir, target_is_directory=True)
     (corpus / "loop").symlink_to(corpus, target_is_directory=True)  # a cycle
 
-    found = list(scan_folder(corpus))
+    found = list(scan_folder(corpus, allow_outside_root=True))  # data/ is outside the corpus root
     assert [(type(x).__name__, x.rel_path) for x in found] == [
         ("SkippedFile", "dangling.jpg"),
         ("CorpusItem", "link.png"),
@@ -151,8 +151,11 @@ def test_symlinked_files_are_followed_folders_only_on_request(tmp_path):
     assert found[0].reason == "broken symlink"
     assert found[1].file_size == (data_dir / "real.png").stat().st_size
 
-    followed = [x.rel_path for x in scan_folder(corpus, follow_symlinks=True)]
+    followed = [x.rel_path for x in scan_folder(corpus, follow_symlinks=True, allow_outside_root=True)]
     assert followed == ["dangling.jpg", "link.png", "linked_dir/real.png"]  # loop/ not re-entered
+    # By default the links out of the root are skipped with a reason (loop/ stays inside: not reported)
+    default = [(type(x).__name__, x.rel_path) for x in scan_folder(corpus, follow_symlinks=True)]
+    assert default == [("SkippedFile", "dangling.jpg"), ("SkippedFile", "link.png"), ("SkippedFile", "linked_dir")]
 
 
 def test_unreadable_subfolder_is_reported_not_fatal(tmp_path, monkeypatch):

@@ -504,16 +504,39 @@ def test_edge_reopen_sees_data(tmp_path: Path, dataset: Dataset) -> None:
         second.close()
 
 
-def test_edge_second_opener_gets_a_clear_error(tmp_path: Path, dataset: Dataset) -> None:
+def test_edge_second_opener_is_refused_before_the_engine_touches_the_shard(tmp_path: Path, dataset: Dataset) -> None:
+    import os
+    import time
+
+    from mmrag.errors import LockHeldError
+    from mmrag.store.edge import ShardLockHeld
+
     owner = make_store("edge", tmp_path)
-    fill(owner, dataset, indexes=False)
-    intruder = make_store("edge", tmp_path)  # stands in for a second process: same shard directory
+    fill(owner, dataset, indexes=True)  # payload indexes: the files qdrant-edge's loader used to damage
+    intruder = make_store("edge", tmp_path, lock_wait_s=0.3)  # same shard directory, another open file
     try:
-        with pytest.raises(RuntimeError, match="one process per shard directory"):
-            intruder.count(COLLECTION)
+        started = time.monotonic()
+        with pytest.raises(ShardLockHeld, match=rf"open in another process: pid {os.getpid()} .*waited 0.3 s") as exc:
+            intruder.count(COLLECTION)  # a read waits its bounded time
+        assert time.monotonic() - started >= 0.3
+        assert isinstance(exc.value, LockHeldError) and exc.value.exit_code == 3
+        assert exc.value.holder["pid"] == os.getpid() and exc.value.holder["access"] == "write"
+        started = time.monotonic()
+        with pytest.raises(ShardLockHeld, match="open in another process"):
+            intruder.upsert(COLLECTION, dataset.points()[:1])  # a write is refused at once
+        assert time.monotonic() - started < 0.3
+        # The holder's store is intact: it keeps writing and flushing.
+        owner.upsert(COLLECTION, dataset.points()[:10])
+        owner.set_payload(COLLECTION, {"tags": ["x"]}, dataset.ids[:3])
+        assert owner.count(COLLECTION) == N_POINTS
     finally:
         intruder.close()
         owner.close()
+    reopened = make_store("edge", tmp_path, lock_wait_s=0)  # released on close
+    try:
+        assert reopened.count(COLLECTION) == N_POINTS
+    finally:
+        reopened.close()
 
 
 def test_edge_alias_switch_seen_by_long_lived_reader(tmp_path: Path) -> None:

@@ -416,6 +416,8 @@ class _FlakyQdrantHandler(BaseHTTPRequestHandler):
         if failing:
             body = json.dumps({"status": {"error": "service unavailable"}, "time": 0}).encode()
             self.send_response(srv.status)
+            if srv.retry_after is not None:
+                self.send_header("Retry-After", srv.retry_after)
         elif self.path == "/collections":
             body = json.dumps({"result": {"collections": []}, "status": "ok", "time": 0}).encode()
             self.send_response(200)
@@ -432,18 +434,19 @@ class _FlakyQdrantHandler(BaseHTTPRequestHandler):
 
 
 class _FlakyQdrant(HTTPServer):
-    def __init__(self, failures: int, status: int) -> None:
+    def __init__(self, failures: int, status: int, retry_after: str | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _FlakyQdrantHandler)
         self.failures = failures
         self.status = status
+        self.retry_after = retry_after
         self.requests: list[str] = []
         self.lock = threading.Lock()
 
 
 @pytest.fixture
 def flaky_server(request: pytest.FixtureRequest) -> Iterator[_FlakyQdrant]:
-    failures, status = request.param
-    server = _FlakyQdrant(failures, status)
+    failures, status, *retry_after = request.param
+    server = _FlakyQdrant(failures, status, *retry_after)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -487,5 +490,37 @@ def test_real_client_400_is_not_retried(flaky_server: _FlakyQdrant) -> None:
             store.list_collections()
         assert info.value.status_code == 400
         assert len(flaky_server.requests) == 1 and store.stats == {}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("flaky_server", [(2, 429, "3")], indirect=True)
+def test_real_429_with_retry_after_is_retried_after_the_servers_wait(flaky_server: _FlakyQdrant) -> None:
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+
+    client = _client(flaky_server.server_address[1])
+    try:
+        with pytest.raises(ResourceExhaustedResponse) as raw:  # what qdrant-client raises for it
+            client.get_collections()
+        assert is_transient(raw.value) and raw.value.retry_after_s == 3
+        sleeps: list[float] = []
+        store = RetryingStore(QdrantClientStore(client), RetryPolicy(attempts=5, initial_seconds=0.01),
+                              sleep=sleeps.append)
+        assert store.list_collections() == []
+        assert flaky_server.requests == ["/collections"] * 3  # the raw 429, one more, then the answer
+        assert sleeps == [3.0]  # the server's Retry-After, not our 0.01 s backoff
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("flaky_server", [(10, 429, "30")], indirect=True)
+def test_real_429_retry_after_beyond_the_budget_gives_up(flaky_server: _FlakyQdrant) -> None:
+    client = _client(flaky_server.server_address[1])
+    try:
+        sleeps: list[float] = []
+        store = RetryingStore(QdrantClientStore(client), RetryPolicy(attempts=5, max_seconds=5), sleep=sleeps.append)
+        with pytest.raises(StoreUnavailable, match="'list_collections' failed after"):
+            store.list_collections()
+        assert all(s <= 5 for s in sleeps)  # never waits past the bounded total time
     finally:
         client.close()
