@@ -165,6 +165,71 @@ def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
     return target
 
 
+
+@dataclass
+class IngestPlan:
+    """What a run must do, decided on the driver from the store's state before any decode."""
+
+    target: str  # physical collection
+    state: dict[str, dict[str, Any]]  # point id -> stored payload
+    seen: set[str]  # point ids of every file present (skipped ones included: never pruned)
+    todo: list[CorpusItem]  # new or changed by stat: to decode
+
+
+def plan_ingest(
+    store: Store,
+    embedder: Embedder,
+    *,
+    root: Path | None,
+    collection: str,
+    manifest: Path | None,
+    include_unlisted: bool,
+    report: IngestReport,
+) -> IngestPlan:
+    """Check/create the collection (a model mismatch raises here, before any work), then plan.
+
+    Files the reader rejects go into `report.failed`; unchanged ones (by stat) into `report.unchanged`.
+    """
+    target = ensure_collection(store, embedder, collection)
+    report.collection = target
+    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    if corpus_root is not None:
+        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
+        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+    state = load_state(store, target)
+    plan = IngestPlan(target=target, state=state, seen=set(), todo=[])
+    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted):
+        if isinstance(entry, SkippedFile):
+            report.failed.append(entry)
+            plan.seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point
+            continue
+        pid = point_id(entry.rel_path)
+        plan.seen.add(pid)
+        old = state.get(pid)
+        if old is not None and unchanged_by_stat(entry, old):
+            report.unchanged += 1
+        else:
+            plan.todo.append(entry)
+    return plan
+
+
+def prune_stale(store: Store, plan: IngestPlan, batch: int) -> int:
+    """Delete the points of files that are gone; returns how many."""
+    stale = [pid for pid in plan.state if pid not in plan.seen]
+    for i in range(0, len(stale), batch):
+        store.delete_points(plan.target, stale[i : i + batch])
+    return len(stale)
+
+
+def same_content(result: DecodedImage, old: dict[str, Any] | None) -> bool:
+    """Touched but identical (bytes and annotations): only the stat fields need refreshing."""
+    return old is not None and old.get("sha256") == result.sha256 and same_annotations(result.item, old)
+
+
+def refresh_stat(store: Store, collection: str, item: CorpusItem) -> None:
+    store.set_payload(collection, {"mtime": item.mtime, "file_size": item.file_size}, [point_id(item.rel_path)])
+
+
 def run_ingest(
     store: Store,
     embedder: Embedder,
@@ -195,32 +260,14 @@ def run_ingest(
     executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
     report.decode_executor = executor
 
-    target = ensure_collection(store, embedder, collection)
-    report.collection = target
-    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
-    if corpus_root is not None:
-        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
-        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+    plan = plan_ingest(store, embedder, root=root, collection=collection, manifest=manifest,
+                       include_unlisted=include_unlisted, report=report)
+    target, state = plan.target, plan.state
     if tagger is None and tag_labels:
         from mmrag.tasks.tagging import make_ingest_tagger
 
         tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
-
-    state = load_state(store, target)
-    seen: set[str] = set()
-    todo: list[CorpusItem] = []
-    for entry in iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted):
-        if isinstance(entry, SkippedFile):
-            report.failed.append(entry)
-            seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point
-            continue
-        pid = point_id(entry.rel_path)
-        seen.add(pid)
-        old = state.get(pid)
-        if old is not None and unchanged_by_stat(entry, old):
-            report.unchanged += 1
-        else:
-            todo.append(entry)
+    todo = plan.todo
 
     writer = StoreWriter(store, target, opts.write_batch_size)
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
@@ -243,10 +290,7 @@ def run_ingest(
             bar.update(len(batch))
         writer.flush()
         if prune:
-            stale = [pid for pid in state if pid not in seen]
-            for i in range(0, len(stale), opts.write_batch_size):
-                store.delete_points(target, stale[i : i + opts.write_batch_size])
-            report.pruned = len(stale)
+            report.pruned = prune_stale(store, plan, opts.write_batch_size)
     except KeyboardInterrupt:
         # Keep what is already embedded: the next run resumes from there.
         try:
@@ -286,11 +330,8 @@ def _batched_decoded(
             report.failed.append(result)
             bar.update(1)
             continue
-        pid = point_id(result.item.rel_path)
-        old = state.get(pid)
-        if old is not None and old.get("sha256") == result.sha256 and same_annotations(result.item, old):
-            # Touched but identical content: refresh the stat fields only, no embedding.
-            store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [pid])
+        if same_content(result, state.get(point_id(result.item.rel_path))):
+            refresh_stat(store, collection, result.item)  # no embedding
             report.unchanged += 1
             bar.update(1)
             continue
@@ -310,23 +351,42 @@ def _embed_batch(
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
     report: IngestReport,
 ) -> list[Any]:
-    pixels = np.stack([d.pixels for d in batch])
+    image_vecs, text_vecs = embed_vectors(
+        embedder, np.stack([d.pixels for d in batch]), [d.item.caption for d in batch], opts.text_batch_size
+    )
+    extra = tagger(image_vecs) if tagger is not None else None
+    points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra)
+    count_embedded(report, batch, text_vecs, state)
+    return points
+
+
+def embed_vectors(
+    embedder: Embedder, pixels: np.ndarray, captions: Sequence[str | None], text_batch_size: int
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Image vectors for a batch, and text vectors by batch index for the items with a caption."""
     image_vecs = embedder.embed_pixels(pixels)
-
-    captioned = [i for i, d in enumerate(batch) if d.item.caption]
+    captioned = [i for i, c in enumerate(captions) if c]
     text_vecs: dict[int, np.ndarray] = {}
-    for start in range(0, len(captioned), opts.text_batch_size):
-        idx = captioned[start : start + opts.text_batch_size]
-        vecs = embedder.embed_texts([batch[i].item.caption for i in idx])  # type: ignore[misc]
+    for start in range(0, len(captioned), text_batch_size):
+        idx = captioned[start : start + text_batch_size]
+        vecs = embedder.embed_texts([captions[i] for i in idx])  # type: ignore[misc]
         text_vecs.update(zip(idx, vecs))
-    report.captions += len(captioned)
+    return image_vecs, text_vecs
 
-    extra = tagger(image_vecs) if tagger is not None else [{} for _ in batch]
+
+def build_points(
+    batch: Sequence[DecodedImage],
+    image_vecs: np.ndarray,
+    text_vecs: dict[int, np.ndarray],
+    model_id: str,
+    extra: Sequence[dict[str, Any]] | None = None,
+) -> list[Any]:
+    """Store points (uuid5 ids, full payload) for an embedded batch."""
     now = datetime.now(timezone.utc)
     points = []
     for i, d in enumerate(batch):
         item = d.item
-        metadata = {**item.metadata, **extra[i]}
+        metadata = {**item.metadata, **(extra[i] if extra is not None else {})}
         payload = build_payload(
             rel_path=item.rel_path,
             caption=item.caption,
@@ -336,13 +396,20 @@ def _embed_batch(
             format=d.format,
             file_size=item.file_size,
             mtime=item.mtime,
-            model_id=embedder.info.model_id,
+            model_id=model_id,
             ingested_at=now,
             metadata=metadata,
         )
         points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload))
-        if point_id(item.rel_path) in state:
+    return points
+
+
+def count_embedded(
+    report: IngestReport, batch: Sequence[DecodedImage], text_vecs: dict[int, Any], state: dict[str, dict[str, Any]]
+) -> None:
+    report.captions += len(text_vecs)
+    for d in batch:
+        if point_id(d.item.rel_path) in state:
             report.updated += 1
         else:
             report.indexed += 1
-    return points
