@@ -83,6 +83,24 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=89_478_485, ge=1, validation_alias=AliasChoices("MMRAG_MAX_IMAGE_PIXELS", "max_image_pixels"),
                                   description="Decompression-bomb limit (PIL's default).")
 
+    # --- distributed ingestion (Ray Data) -------------------------------------
+    ingest_engine: Literal["local", "ray"] = Field(
+        default="local", validation_alias=AliasChoices("MMRAG_INGEST_ENGINE", "ingest_engine"),
+        description="local: one process; ray: decode tasks and model actors on a Ray cluster.",
+    )
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("MMRAG_RAY_ADDRESS", "ray_address"),
+        description="Ray cluster: unset starts a local runtime; 'auto' or 'ray://head:10001'.",
+    )
+    ray_embed_actors: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("MMRAG_RAY_EMBED_ACTORS", "ray_embed_actors"),
+        description="Model actors; 0: one per GPU of the cluster, or one CPU actor without GPUs.",
+    )
+    ray_write_streams: int = Field(
+        default=2, ge=1, validation_alias=AliasChoices("MMRAG_RAY_WRITE_STREAMS", "ray_write_streams"),
+        description="Parallel upsert actors writing to a Qdrant server (Qdrant's guidance: 2-4).",
+    )
+
     # --- search -------------------------------------------------------------
     hnsw: bool = Field(default=False, validation_alias=AliasChoices("MMRAG_HNSW", "hnsw"),
                        description="Approximate search; exact search is the default.")

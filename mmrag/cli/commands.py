@@ -50,7 +50,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.corpus is None and args.manifest is None:
         raise UsageError("give a corpus folder, --manifest, or both")
     tag_labels = _read_labels(args.tag_labels) if args.tag_labels else None
-    report = run_ingest(
+    kwargs: dict[str, Any] = {}
+    ingest = run_ingest
+    if (getattr(args, "engine", None) or app.settings.ingest_engine) == "ray":
+        from mmrag.ingest.ray_engine import RayOptions, run_ingest_ray
+
+        ingest = run_ingest_ray
+        kwargs["ray_options"] = RayOptions.from_settings(
+            app.settings, model=args.model or app.collection_model(collection) or app.settings.model,
+            address=getattr(args, "ray_address", None))
+    report = ingest(
         app.store,
         embedder,
         root=args.corpus,
@@ -61,6 +70,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress=not args.json and not args.quiet,
         tag_labels=tag_labels,
         include_unlisted=args.include_unlisted,
+        **kwargs,
     )
     if args.json:
         _print_json(report.to_dict())

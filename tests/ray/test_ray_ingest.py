@@ -194,3 +194,26 @@ def test_worker_upserts_build_the_same_points_and_report_a_store_failure():
     failed = upsert_rows(Down(), "c", "m", 256, batch)
     assert list(failed["status"]) == ["error", "skip"]
     assert failed["error"][0] == "ConnectionError: qdrant is down"
+
+
+def test_engine_ray_from_cli_and_pipeline_yaml(tmp_path):
+    from mmrag.cli.parser import build_parser
+    from mmrag.jobs.pipeline import PipelineError, load_pipeline
+    from mmrag.jobs.reindex import JobSpec, _default_ingest
+
+    args = build_parser().parse_args(["ingest", str(tmp_path), "--engine", "ray", "--ray-address", "auto"])
+    assert (args.engine, args.ray_address) == ("ray", "auto")
+
+    (tmp_path / "imgs").mkdir()
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("name: photos\nsource: {folder: imgs}\nmodel: mmrag-shapes-en\nengine: ray\nray_address: auto\n")
+    spec = JobSpec.from_pipeline(load_pipeline(yaml_file))
+    assert (spec.engine, spec.ray_address) == ("ray", "auto")
+    fn = _default_ingest(spec)
+    assert fn.func is run_ingest_ray
+    assert fn.keywords["ray_options"].address == "auto"
+    assert fn.keywords["ray_options"].embedder_factory.args == ("mmrag-shapes-en",)
+
+    yaml_file.write_text("name: photos\nsource: {folder: imgs}\nmodel: m\nengine: spark\n")
+    with pytest.raises(PipelineError, match="engine"):
+        load_pipeline(yaml_file)
