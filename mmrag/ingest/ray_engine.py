@@ -148,14 +148,16 @@ def run_ingest_ray(
     bar = tqdm(total=len(plan.todo), unit="img", desc="embedding (ray)", disable=not progress, dynamic_ncols=True)
     started = _connect(ropts.address) if plan.todo else False
     try:
-        stages = _Stages(opts, ropts, preprocess, factory, embedder.info.fingerprint(), target, embedder.info.model_id)
         rows = [_input_row(item, state) for item in plan.todo]
+        # Nothing to decode (an unchanged corpus): no Ray at all.
+        stages = _Stages(opts, ropts, preprocess, factory, embedder.info.fingerprint(), target,
+                         embedder.info.model_id) if rows else None
         done: set[str] = set()
         # Pass 1 in blocks of a batch; pass 2 re-runs, one file per task, the files of blocks whose
         # decode task kept dying, so that only the file that kills its worker is skipped.
         for block in (opts.batch_size, 1):
             pending = [r for r in rows if r["rel_path"] not in done]
-            if not pending or report.error:
+            if not pending or report.error or stages is None:
                 break
             for batch in stages.run(pending, block, progress):
                 _settle(batch, report, state, store, target, writer, tagger, embedder.info.model_id, done, bar)

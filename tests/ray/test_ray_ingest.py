@@ -217,3 +217,20 @@ def test_engine_ray_from_cli_and_pipeline_yaml(tmp_path):
     yaml_file.write_text("name: photos\nsource: {folder: imgs}\nmodel: m\nengine: spark\n")
     with pytest.raises(PipelineError, match="engine"):
         load_pipeline(yaml_file)
+
+
+def test_an_unchanged_corpus_needs_no_ray_at_all(ref_embedder, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    for rel in BAD_FILES:
+        (corpus / rel).unlink()
+    store = QdrantClientStore(QdrantClient(":memory:"))
+    run_ingest(store, ref_embedder, root=corpus, collection="photos", progress=False, options=OPTS)
+
+    def no_factory():  # pragma: no cover - must never be called
+        raise AssertionError("an actor was started")
+
+    # An unreachable address (when no runtime is up yet) and a factory that fails: no actor, no connection.
+    again = _ray(store, ref_embedder, corpus, RayOptions(embedder_factory=no_factory, address="ray://nowhere:1"),
+                 prune=True)
+    assert again.ok, again.error
+    assert (again.unchanged, again.embedded, again.pruned, again.failed) == (len(GOOD_IMAGES), 0, 0, [])
