@@ -324,12 +324,12 @@ class RaySampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_one_mb = self.peak_total_mb = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         import psutil
 
-        while not self._stop.wait(0.2):
+        while not self._halt.wait(0.2):
             rss = []
             for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info.get("cmdline") or [])
@@ -344,7 +344,7 @@ class RaySampler(threading.Thread):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
