@@ -286,6 +286,69 @@ def phase_e2e(p: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def phase_e2e_ray(p: dict[str, Any]) -> dict[str, Any]:
+    """`run_ingest_ray` into a fresh EdgeStore (driver writes) on a local Ray with all cores.
+
+    Times the Ray runtime start apart from the run; the run includes the actors' model load,
+    which local ingest pays before its clock starts (the phase loads its model first).
+    """
+    import functools
+
+    import ray
+
+    from mmrag.embedders import load_embedder
+    from mmrag.ingest.ray_engine import RayOptions, run_ingest_ray
+    from mmrag.store import EdgeStore
+
+    inner = load_bench_embedder(p)
+    with timed() as t_init:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    factory = functools.partial(load_embedder, str(p["model_dir"]), device=p.get("device", "cpu"),
+                                fast_preprocess=bool(p.get("fast")), batch_size=int(p["batch_size"]))
+    opts = _ingest_options(p, inner)
+    store = TimedStore(EdgeStore(p["home"]))
+    sampler = RaySampler()
+    with sampler, timed() as t:
+        report = run_ingest_ray(store, inner, root=Path(p["corpus"]), collection="bench", options=opts, progress=False,
+                                ray_options=RayOptions(embedder_factory=factory))
+    if not report.ok or report.failed:
+        raise RuntimeError(f"ray ingest failed: {report.summary()}")
+    ray.shutdown()
+    return _result(images=report.embedded, seconds=round(t["s"], 3), images_per_s=round(rate(report.embedded, t["s"]), 2),
+                   ray_init_s=round(t_init["s"], 3), upsert_s=round(store.upsert_s, 3), upserts=store.upserts,
+                   worker_peak_rss_mb=round(sampler.peak_one_mb, 1), workers_peak_total_rss_mb=round(sampler.peak_total_mb, 1))
+
+
+class RaySampler(threading.Thread):
+    """Samples the RSS of this node's Ray worker and actor processes ("ray::..."), every 0.2 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_one_mb = self.peak_total_mb = 0.0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._halt.wait(0.2):
+            rss = []
+            for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                cmd = " ".join(proc.info.get("cmdline") or [])
+                if cmd.startswith("ray::") and proc.info.get("memory_info") is not None:
+                    rss.append(proc.info["memory_info"].rss / (1024 * 1024))
+            if rss:
+                self.peak_one_mb = max(self.peak_one_mb, max(rss))
+                self.peak_total_mb = max(self.peak_total_mb, sum(rss))
+
+    def __enter__(self) -> RaySampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._halt.set()
+        self.join()
+
+
 def phase_rerun(p: dict[str, Any]) -> dict[str, Any]:
     """`run_ingest` again over the unchanged corpus: no decode, no model call."""
     from mmrag.ingest import run_ingest
@@ -482,6 +545,7 @@ PHASES = {
     "model_only": phase_model_only,
     "decode_only": phase_decode_only,
     "e2e": phase_e2e,
+    "e2e_ray": phase_e2e_ray,
     "rerun": phase_rerun,
     "pipeline": phase_pipeline,
     "naive": phase_naive,
@@ -524,6 +588,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--texts", type=int, default=512, help="captions for the text throughput phase (0 skips it)")
     ap.add_argument("--fidelity-limit", type=int, default=64, help="images per corpus in fidelity reports")
     ap.add_argument("--model-min-seconds", type=float, default=3.0, help="repeat model-only passes for at least this long")
+    ap.add_argument("--engine", default="local", metavar="local[,ray]",
+                    help="ingest engines measured end-to-end; 'local,ray' adds run_ingest_ray on a local Ray (same corpora)")
     ap.add_argument("--no-store", action="store_true", help="measure decode->embed without the store (imports nothing store-related)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     ap.add_argument("--rss-scaling", default=None, metavar="N,N,...",
@@ -581,6 +647,15 @@ def measure_arch(args: argparse.Namespace, arch: str, corpora: dict[str, Path], 
                 log(f"[{arch}/{name}] end-to-end run_ingest")
                 r["e2e"] = run_phase(MODULE, "e2e", {**base, "corpus": str(folder), "home": str(home)})
                 r["e2e"]["kind"] = "run_ingest -> EdgeStore"
+                if "ray" in args.engine.split(","):
+                    ray_home = Path(tempfile.mkdtemp(prefix="mmrag-bench-ray-"))
+                    try:
+                        log(f"[{arch}/{name}] end-to-end run_ingest_ray (local Ray)")
+                        r["e2e_ray"] = run_phase(MODULE, "e2e_ray", {**base, "corpus": str(folder), "home": str(ray_home)})
+                        local_ips = r["e2e"]["images_per_s"]
+                        r["ray_vs_local"] = round(r["e2e_ray"]["images_per_s"] / local_ips, 3) if local_ips else None
+                    finally:
+                        shutil.rmtree(ray_home, ignore_errors=True)
                 log(f"[{arch}/{name}] re-run on the unchanged corpus")
                 r["rerun"] = run_phase(MODULE, "rerun", {**base, "corpus": str(folder), "home": str(home)})
             finally:
@@ -616,7 +691,7 @@ def measure_arch(args: argparse.Namespace, arch: str, corpora: dict[str, Path], 
     return res
 
 
-def run_rss_scaling(sizes: list[int], cache: Path, log: Any) -> list[dict[str, Any]]:
+def run_rss_scaling(sizes: list[int], cache: Path, log: Any, *, ray: bool = False) -> list[dict[str, Any]]:
     model_dir = make_clip_dir(cache, "tiny")
     rows = []
     for n in sizes:
@@ -626,6 +701,11 @@ def run_rss_scaling(sizes: list[int], cache: Path, log: Any) -> list[dict[str, A
             log(f"[rss] ingest of {n} small images")
             r = run_phase(MODULE, "rss_ingest", {"model_dir": str(model_dir), "device": "cpu", "corpus": str(folder),
                                                  "home": str(home), "batch_size": 32})
+            if ray:
+                shutil.rmtree(home, ignore_errors=True)
+                log(f"[rss] ray ingest of {n} small images")
+                r["ray"] = run_phase(MODULE, "e2e_ray", {"model_dir": str(model_dir), "device": "cpu", "corpus": str(folder),
+                                                         "home": str(home), "batch_size": 32})
         finally:
             shutil.rmtree(home, ignore_errors=True)
         rows.append({"n": n, **r})
@@ -653,6 +733,13 @@ def render(results: dict[str, Any]) -> str:
                 f"{_fmt(r.get('e2e_vs_bound'), '.2f'):>9}{_fmt(r['e2e_vs_naive'], '.1f'):>8}"
                 f"{_fmt(r.get('rerun', {}).get('seconds'), '.2f'):>9}  {rss}"
             )
+    for arch, res in results["archs"].items():
+        for name, r in res["corpora"].items():
+            if r.get("e2e_ray"):
+                er = r["e2e_ray"]
+                lines.append(f"[{arch}/{name}] run_ingest_ray on a local Ray: {er['images_per_s']:.1f} images/s, "
+                             f"{r['ray_vs_local']:.2f}x local; Ray start {er['ray_init_s']:.1f} s (not in the run), "
+                             f"driver peak {er['peak_rss_mb']:.0f} MiB, largest worker {er['worker_peak_rss_mb']:.0f} MiB")
     lines.append("")
     for arch, res in results["archs"].items():
         for name, r in res["corpora"].items():
@@ -702,6 +789,10 @@ def render(results: dict[str, Any]) -> str:
         for row in results["rss_scaling"]:
             lines.append(f"  {row['n']:>7} images: peak {row['peak_rss_mb']:.0f} MiB (after model load {row['rss_before_mb']:.0f} MiB), "
                          f"{row['images'] / row['seconds']:.0f} images/s")
+            if row.get("ray"):
+                rr = row["ray"]
+                lines.append(f"  {'':>7}   ray: driver peak {rr['peak_rss_mb']:.0f} MiB, largest worker {rr['worker_peak_rss_mb']:.0f} MiB, "
+                             f"all workers {rr['workers_peak_total_rss_mb']:.0f} MiB, {rr['images_per_s']:.0f} images/s")
     if results.get("verdicts"):
         lines.append("")
         lines += results["verdicts"]
@@ -787,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_store:
             results["rss_scaling_note"] = "skipped: --no-store"
         else:
-            results["rss_scaling"] = run_rss_scaling([int(v) for v in args.rss_scaling.split(",")], cache, log)
+            results["rss_scaling"] = run_rss_scaling([int(v) for v in args.rss_scaling.split(",")], cache, log,
+                                                     ray="ray" in args.engine.split(","))
     results["config"]["elapsed_s"] = round(time.perf_counter() - started, 1)
     results["config"]["note"] = f"total benchmark time {results['config']['elapsed_s']:.0f} s"
     print(render(results))

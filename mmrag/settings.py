@@ -55,12 +55,12 @@ class Settings(BaseSettings):
     )
 
     backend: Literal["auto", "torch", "onnx"] = Field(
-        default="auto", validation_alias=AliasChoices("MMRAG_BACKEND", "backend"),
+        default="auto",
         # auto = ONNX Runtime on CPU (measured faster, see README "ONNX Runtime backend"), torch on a GPU.
         description="What runs the model: auto, torch or onnx. int8 always runs through ONNX Runtime.",
     )
     model_threads: int = Field(
-        default=0, ge=0, validation_alias=AliasChoices("MMRAG_MODEL_THREADS", "model_threads"),
+        default=0, ge=0,
         description="CPU threads for the model (torch or ONNX Runtime); 0 = MMRAG_TORCH_THREADS, then the runtime's default.",
     )
     torch_threads: int = Field(
@@ -94,29 +94,47 @@ class Settings(BaseSettings):
                                   description="Decompression-bomb limit (PIL's default).")
 
     store_lock_wait_seconds: float = Field(
-        default=10.0, ge=0, validation_alias=AliasChoices("MMRAG_STORE_LOCK_WAIT_SECONDS", "store_lock_wait_seconds"),
+        default=10.0, ge=0,
         description="Embedded store: how long a read (search, collections) waits for a collection another "
                     "process has open before it gives up with exit 3. Writes never wait.",
     )
 
     min_free_mb: float = Field(
-        default=128, ge=0, validation_alias=AliasChoices("MMRAG_MIN_FREE_MB", "min_free_mb"),
+        default=128, ge=0,
         description="Embedded store: MiB kept free on its filesystem; a run stops with an error (exit 1) "
                     "before a write would go below it (qdrant-edge dies with SIGBUS on a full disk).",
     )
     rebuild_min_share: float = Field(
-        default=0.98, ge=0, le=1, validation_alias=AliasChoices("MMRAG_REBUILD_MIN_SHARE", "rebuild_min_share"),
+        default=0.98, ge=0, le=1,
         description="A rebuilt version goes live only with at least this share of the live version's points.",
     )
     rebuild_max_failed: int | None = Field(
-        default=None, ge=0, validation_alias=AliasChoices("MMRAG_REBUILD_MAX_FAILED", "rebuild_max_failed"),
+        default=None, ge=0,
         description="A rebuilt version goes live only if at most this many files failed (unset: no limit).",
     )
 
     allow_outside_root: bool = Field(
-        default=False, validation_alias=AliasChoices("MMRAG_ALLOW_OUTSIDE_ROOT", "allow_outside_root"),
+        default=False,
         description="Index symlinks whose target, and manifest rows whose path, lie outside the corpus root. "
                     "Off: they are skipped with a reason and never opened.",
+    )
+
+    # --- distributed ingestion (Ray Data) -------------------------------------
+    ingest_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: one process; ray: decode tasks and model actors on a Ray cluster.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster: unset starts a local runtime; 'auto' or 'ray://head:10001'.",
+    )
+    ray_embed_actors: int = Field(
+        default=0, ge=0,
+        description="Model actors; 0: one per GPU of the cluster, or one CPU actor without GPUs.",
+    )
+    ray_write_streams: int = Field(
+        default=2, ge=1,
+        description="Parallel upsert actors writing to a Qdrant server (Qdrant's guidance: 2-4).",
     )
 
     # --- search -------------------------------------------------------------
@@ -125,16 +143,15 @@ class Settings(BaseSettings):
     hnsw_ef: int = Field(default=128, ge=1)
 
     # --- the HTTP server (mmrag serve) -------------------------------------------
-    api_key: str | None = Field(default=None, validation_alias=AliasChoices("MMRAG_API_KEY", "api_key"), repr=False,
+    api_key: str | None = Field(default=None, repr=False,
                                 description="Bearer token required on every endpoint but /healthz and /readyz; unset: open.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("MMRAG_CORS_ORIGINS", "cors_origins"),
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                     description="Origins allowed by CORS (JSON list or comma list); empty: CORS off.")
-    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MMRAG_UPLOAD_MAX_BYTES", "upload_max_bytes"))
-    upload_max_pixels: int = Field(default=40_000_000, ge=1, validation_alias=AliasChoices("MMRAG_UPLOAD_MAX_PIXELS", "upload_max_pixels"),
+    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    upload_max_pixels: int = Field(default=40_000_000, ge=1,
                                    description="Decompression-bomb limit of uploaded query images.")
-    upload_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"],
-                                      validation_alias=AliasChoices("MMRAG_UPLOAD_FORMATS", "upload_formats"))
-    facet_fields: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=AliasChoices("MMRAG_FACET_FIELDS", "facet_fields"),
+    upload_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"])
+    facet_fields: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                     description="Payload fields offered as filters on the search page; empty: the keyword indexes.")
 
     # --- remote Qdrant ------------------------------------------------------

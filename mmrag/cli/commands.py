@@ -63,7 +63,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     app = _app(args)
     collection = _collection(args, app)
     embedder = app.embedder(args.model, collection=collection)
-    report = run_ingest(
+    kwargs: dict[str, Any] = {}
+    ingest = run_ingest
+    if (getattr(args, "engine", None) or app.settings.ingest_engine) == "ray":
+        from mmrag.ingest.ray_engine import RayOptions, run_ingest_ray
+
+        ingest = run_ingest_ray
+        kwargs["ray_options"] = RayOptions.from_settings(
+            app.settings, model=args.model or app.collection_model(collection) or app.settings.model,
+            address=getattr(args, "ray_address", None))
+    report = ingest(
         app.store,
         embedder,
         root=args.corpus,
@@ -74,6 +83,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress=not args.json and not _quiet(args),
         tag_labels=tag_labels,
         include_unlisted=args.include_unlisted,
+        **kwargs,
     )
     if report.notes and not _quiet(args):
         for note in report.notes:

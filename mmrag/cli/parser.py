@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-preprocess", action=argparse.BooleanOptionalAction, default=None,
                    help="JPEG draft-mode decoding of large JPEGs (default on; see README for its fidelity)")
     p.add_argument("--tag-labels", help="labels file (one per line) or comma list: auto-tag while ingesting")
+    p.add_argument("--engine", choices=["local", "ray"],
+                   help="local: one process; ray: Ray Data decode tasks and model actors [MMRAG_INGEST_ENGINE]")
+    p.add_argument("--ray-address", help="with --engine ray: 'auto', 'ray://head:10001'; unset starts a local Ray [MMRAG_RAY_ADDRESS]")
     _common(p)
     p.set_defaults(func=c.cmd_ingest)
 

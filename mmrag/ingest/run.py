@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,12 +24,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmrag.corpus import decode_stream, iter_corpus
+from mmrag.corpus import decode_stream
 from mmrag.corpus.formats import format_counts
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 from mmrag.embedders.base import Embedder
 from mmrag.errors import UsageError
-from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
@@ -209,84 +207,43 @@ def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
     return target
 
 
-def run_ingest(
+
+@dataclass
+class IngestPlan:
+    """What a run must do, decided on the driver from the store's state before any decode."""
+
+    target: str  # physical collection
+    state: dict[str, dict[str, Any]]  # point id -> stored payload
+    seen: set[str]  # point ids of every file present (skipped ones included: never pruned)
+    todo: list[CorpusItem]  # new or changed by stat: to decode
+
+
+def list_corpus(
     store: Store,
-    embedder: Embedder,
     *,
     root: Path | None,
     collection: str,
-    manifest: Path | None = None,
-    prune: bool = False,
-    options: IngestOptions | None = None,
-    progress: bool = True,
-    tag_labels: Sequence[str] | None = None,
-    include_unlisted: bool = False,
-    tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
-) -> IngestReport:
-    """Index a folder and/or manifest into `collection`. Per-file problems never stop the run.
+    manifest: Path | None,
+    include_unlisted: bool,
+    allow_outside_root: bool,
+    prune: bool,
+    report: IngestReport,
+) -> tuple[Path | None, list[CorpusItem | SkippedFile]]:
+    """The whole corpus, listed before the collection exists (the corpus root and its entries).
 
-    A run-level failure while embedding or writing (a store that stays down after its
-    retries, say) ends the run with `report.error` set and `report.written` counting the
-    points the store confirmed; a schema mismatch raises before anything is written.
-
-    `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
-    payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
+    A missing, wrong or empty folder fails here (UsageError) and leaves no empty collection
+    locked to a model behind.
     """
-    opts = options or IngestOptions()
-    info = embedder.info
-    t0 = time.perf_counter()
-    report = IngestReport(collection=collection, model_id=info.model_id)
-    executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
-    report.decode_executor = executor
-    check_space = getattr(store, "check_free_space", None)  # the embedded store: a full disk is a SIGBUS
-    if check_space is not None:
-        check_space(f"ingest into {collection!r}")  # DiskFull before anything is written
-
-    check_corpus(root, manifest)
-    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
-    # The whole corpus is listed before the collection exists: a missing, wrong or empty folder
-    # fails here and leaves no empty collection locked to this model behind.
-    ignored: Counter[str] = Counter()
-    try:
-        entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored,
-                                   allow_outside_root=opts.allow_outside_root))
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise UsageError(str(exc)) from exc
-    report.ignored = dict(ignored)
-    existing = store.get_spec(store.resolve(collection))
-    if not entries and not (prune and existing is not None):
-        extra = f" (ignored: {format_counts(ignored)})" if ignored else ""
-        raise UsageError(f"no images found under {corpus_root}{extra}")
-    if existing is None:
-        note = shapes_model_note(info.model_id, [e.rel_path for e in entries])
-        if note:
-            report.notes.append(note)
-
-    target = ensure_collection(store, embedder, collection)
-    report.collection = target
-    if corpus_root is not None:
-        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
-        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+    corpus_root, entries = list_corpus(store, root=root, collection=collection, manifest=manifest,
+                                       include_unlisted=include_unlisted, allow_outside_root=opts.allow_outside_root,
+                                       prune=prune, report=report)
+    plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report)
+    target, state = plan.target, plan.state
     if tagger is None and tag_labels:
         from mmrag.tasks.tagging import make_ingest_tagger
 
         tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
-
-    state = load_state(store, target)
-    seen: set[str] = set()
-    todo: list[CorpusItem] = []
-    for entry in entries:
-        if isinstance(entry, SkippedFile):
-            report.failed.append(entry)
-            seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point
-            continue
-        pid = point_id(entry.rel_path)
-        seen.add(pid)
-        old = state.get(pid)
-        if old is not None and unchanged_by_stat(entry, old):
-            report.unchanged += 1
-        else:
-            todo.append(entry)
+    todo = plan.todo
 
     writer = StoreWriter(store, target, opts.write_batch_size)
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
@@ -309,10 +266,7 @@ def run_ingest(
             bar.update(len(batch))
         writer.flush()
         if prune:
-            stale = [pid for pid in state if pid not in seen]
-            for i in range(0, len(stale), opts.write_batch_size):
-                store.delete_points(target, stale[i : i + opts.write_batch_size])
-            report.pruned = len(stale)
+            report.pruned = prune_stale(store, plan, opts.write_batch_size)
     except KeyboardInterrupt:
         # Keep what is already embedded: the next run resumes from there.
         try:
@@ -352,11 +306,8 @@ def _batched_decoded(
             report.failed.append(result)
             bar.update(1)
             continue
-        pid = point_id(result.item.rel_path)
-        old = state.get(pid)
-        if old is not None and old.get("sha256") == result.sha256 and same_annotations(result.item, old):
-            # Touched but identical content: refresh the stat fields only, no embedding.
-            store.set_payload(collection, {"mtime": result.item.mtime, "file_size": result.item.file_size}, [pid])
+        if same_content(result, state.get(point_id(result.item.rel_path))):
+            refresh_stat(store, collection, result.item)  # no embedding
             report.unchanged += 1
             bar.update(1)
             continue
@@ -376,23 +327,42 @@ def _embed_batch(
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
     report: IngestReport,
 ) -> list[Any]:
-    pixels = np.stack([d.pixels for d in batch])
+    image_vecs, text_vecs = embed_vectors(
+        embedder, np.stack([d.pixels for d in batch]), [d.item.caption for d in batch], opts.text_batch_size
+    )
+    extra = tagger(image_vecs) if tagger is not None else None
+    points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra)
+    count_embedded(report, batch, text_vecs, state)
+    return points
+
+
+def embed_vectors(
+    embedder: Embedder, pixels: np.ndarray, captions: Sequence[str | None], text_batch_size: int
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Image vectors for a batch, and text vectors by batch index for the items with a caption."""
     image_vecs = embedder.embed_pixels(pixels)
-
-    captioned = [i for i, d in enumerate(batch) if d.item.caption]
+    captioned = [i for i, c in enumerate(captions) if c]
     text_vecs: dict[int, np.ndarray] = {}
-    for start in range(0, len(captioned), opts.text_batch_size):
-        idx = captioned[start : start + opts.text_batch_size]
-        vecs = embedder.embed_texts([batch[i].item.caption for i in idx])  # type: ignore[misc]
+    for start in range(0, len(captioned), text_batch_size):
+        idx = captioned[start : start + text_batch_size]
+        vecs = embedder.embed_texts([captions[i] for i in idx])  # type: ignore[misc]
         text_vecs.update(zip(idx, vecs))
-    report.captions += len(captioned)
+    return image_vecs, text_vecs
 
-    extra = tagger(image_vecs) if tagger is not None else [{} for _ in batch]
+
+def build_points(
+    batch: Sequence[DecodedImage],
+    image_vecs: np.ndarray,
+    text_vecs: dict[int, np.ndarray],
+    model_id: str,
+    extra: Sequence[dict[str, Any]] | None = None,
+) -> list[Any]:
+    """Store points (uuid5 ids, full payload) for an embedded batch."""
     now = datetime.now(timezone.utc)
     points = []
     for i, d in enumerate(batch):
         item = d.item
-        metadata = {**item.metadata, **extra[i]}
+        metadata = {**item.metadata, **(extra[i] if extra is not None else {})}
         payload = build_payload(
             rel_path=item.rel_path,
             caption=item.caption,
@@ -402,13 +372,20 @@ def _embed_batch(
             format=d.format,
             file_size=item.file_size,
             mtime=item.mtime,
-            model_id=embedder.info.model_id,
+            model_id=model_id,
             ingested_at=now,
             metadata=metadata,
         )
         points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload))
-        if point_id(item.rel_path) in state:
+    return points
+
+
+def count_embedded(
+    report: IngestReport, batch: Sequence[DecodedImage], text_vecs: dict[int, Any], state: dict[str, dict[str, Any]]
+) -> None:
+    report.captions += len(text_vecs)
+    for d in batch:
+        if point_id(d.item.rel_path) in state:
             report.updated += 1
         else:
             report.indexed += 1
-    return points

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -162,6 +162,8 @@ class PipelineDef(_Strict):
     prune: bool = False
     schedule: str | None = None
     keep_versions: int = Field(default=2, ge=1)
+    engine: Literal["local", "ray"] = "local"  # ray: mmrag.ingest.ray_engine on a Ray cluster
+    ray_address: str | None = None  # with engine ray: 'auto', 'ray://head:10001'; None starts a local Ray
 
     @field_validator("collection")
     @classmethod

@@ -43,6 +43,7 @@ so. Run the migration once, at a quiet time; every later rebuild is seamless.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -166,6 +167,8 @@ class JobSpec:
     keep_versions: int = 2
     pipeline: str | None = None  # the pipeline's name, for reports
     model: str | None = None  # the model name the pipeline asked for, for reports
+    engine: str = "local"  # "local" (run_ingest) or "ray" (run_ingest_ray)
+    ray_address: str | None = None
 
     @classmethod
     def from_pipeline(cls, pdef: PipelineDef, *, options: Any = None) -> JobSpec:
@@ -197,6 +200,8 @@ class JobSpec:
             keep_versions=pdef.keep_versions,
             pipeline=pdef.name,
             model=pdef.model,
+            engine=pdef.engine,
+            ray_address=pdef.ray_address,
         )
 
 
@@ -360,7 +365,14 @@ def list_versions(store: Any, name: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _default_ingest() -> IngestFn:
+def _default_ingest(spec: JobSpec | None = None) -> IngestFn:
+    if spec is not None and spec.engine == "ray":
+        from mmrag.embedders import load_embedder
+        from mmrag.ingest.ray_engine import RayOptions, run_ingest_ray
+
+        # Each actor loads the pipeline's model by name (a cluster's workers cannot share the driver's).
+        factory = functools.partial(load_embedder, spec.model) if spec.model else None
+        return functools.partial(run_ingest_ray, ray_options=RayOptions(address=spec.ray_address, embedder_factory=factory))
     from mmrag.ingest import run_ingest
 
     return run_ingest
@@ -543,7 +555,7 @@ def sync(
     collection of that name is synced in place.
     """
     spec = _as_job(job)
-    ingest = ingest_fn or _default_ingest()
+    ingest = ingest_fn or _default_ingest(spec)
     do_prune = spec.prune if prune is None else prune
 
     def body(r: JobReport) -> None:
@@ -594,7 +606,7 @@ def rebuild(
     otherwise it is deleted, the alias and every old version stay as they were.
     """
     spec = _as_job(job)
-    ingest = ingest_fn or _default_ingest()
+    ingest = ingest_fn or _default_ingest(spec)
     keep_n = spec.keep_versions if keep is None else keep
     if keep_n < 1:
         raise ValueError("keep must be >= 1 (the live version counts)")

@@ -63,7 +63,7 @@ def test_k8s_objects_are_well_formed_and_listed_in_the_kustomization():
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", o["metadata"]["name"]), o["metadata"]
     kinds = sorted(o["kind"] for o in objs)
     assert kinds == sorted(["Namespace", "Secret", "Secret", "Service", "Service", "Service", "StatefulSet", "Deployment",
-                            "PersistentVolumeClaim", "PersistentVolumeClaim", "ConfigMap", "CronJob"])
+                            "PersistentVolumeClaim", "PersistentVolumeClaim", "ConfigMap", "CronJob", "RayJob"])
     kust = _docs(K8S / "kustomization.yaml")[0]
     assert kust["kind"] == "Kustomization"
     manifests = sorted(f.name for f in K8S.glob("*.yaml") if f.name != "kustomization.yaml")
@@ -122,7 +122,7 @@ def test_configmap_pipeline_is_a_valid_pipeline(tmp_path):
 def test_the_api_key_secret_is_referenced_by_name_wherever_it_is_used():
     secrets = _by_kind("Secret")
     refs = [(o["kind"], r) for o in _k8s_objects() for r in _walk(o, "secretKeyRef")]
-    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob", "Deployment"}
+    assert {kind for kind, _ in refs} == {"StatefulSet", "CronJob", "Deployment", "RayJob"}
     for _, ref in refs:
         assert ref["name"] in secrets
         assert ref["key"] in secrets[ref["name"]].get("stringData", {}) | secrets[ref["name"]].get("data", {})
@@ -267,3 +267,56 @@ def test_server_deployment_service_probes_and_api_key_secret():
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     api = _docs(COMPOSE)[0]["services"]["api"]
     assert api["command"][0] == "serve" and "8000:8000" in api["ports"] and "/readyz" in " ".join(api["healthcheck"]["test"])
+
+
+def _pod_templates(rayjob: dict) -> dict[str, dict]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    out = {"head": cluster["headGroupSpec"]["template"]}
+    out.update({g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]})
+    return out
+
+
+def test_manifests_validate_with_kubernetes_validate_and_the_rayjob_pods_as_core_v1():
+    """Core kinds against the Kubernetes schemas. KubeRay's RayJob is a CRD, absent from those
+    schemas: its pod templates (all that Kubernetes itself runs) are validated as core/v1
+    PodTemplate objects, and the RayJob's own fields are checked by hand below."""
+    kv = pytest.importorskip("kubernetes_validate")
+    version = kv.latest_version()
+    checked = 0
+    for obj in _k8s_objects():
+        if obj["apiVersion"].startswith("ray.io/"):
+            for name, template in _pod_templates(obj).items():
+                kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"rayjob-{name}"},
+                             "template": template}, version, strict=True)
+                checked += 1
+        else:
+            kv.validate(obj, version, strict=True)
+            checked += 1
+    assert checked == len(_k8s_objects()) - 1 + 2  # the RayJob counted as its head and GPU group
+
+    # A broken pod template is caught: the validation is not a no-op.
+    with pytest.raises(kv.ValidationError):
+        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
+                     "template": {"spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "http"}]}]}}},
+                    version, strict=True)
+
+
+def test_rayjob_has_a_cpu_head_a_gpu_group_and_qdrant_as_the_sink():
+    job = _by_kind("RayJob")["mmrag-ingest-photos"]
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    assert "--engine ray" in spec["entrypoint"] and "--ray-address auto" in spec["entrypoint"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert "nvidia.com/gpu" not in str(head["template"])
+    (gpu,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+    qdrant = _by_kind("Service")
+    for template in _pod_templates(job).values():
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        host = env["QDRANT_URL"]["value"].split("//")[1].split(":")[0]
+        assert host in qdrant
+        assert env["QDRANT_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] in _by_kind("Secret")

@@ -41,3 +41,15 @@ def test_dotenv_uses_the_same_names(monkeypatch, tmp_path):
     (tmp_path / ".env").write_text("COLLECTION=wrong\nMMRAG_WORKERS=2\n", encoding="utf-8")
     s = Settings()
     assert (s.collection, s.workers) == ("mmrag", 2)
+
+
+def test_no_field_reads_its_bare_name(monkeypatch, tmp_path):
+    """Every setting added later must keep the rule: its bare upper-case name (RAY_ADDRESS,
+    API_KEY, BACKEND, ...) is somebody else's variable and changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    defaults = Settings()
+    for name in Settings.model_fields:
+        if name.startswith("qdrant_"):
+            continue
+        monkeypatch.setenv(name.upper(), "1")  # a value most fields would accept
+    assert Settings().model_dump() == defaults.model_dump()
