@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,11 +25,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmrag.corpus import decode_stream
+from mmrag.corpus import decode_stream, iter_corpus
 from mmrag.corpus.formats import format_counts
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 from mmrag.embedders.base import Embedder
 from mmrag.errors import UsageError
+from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
@@ -234,6 +236,111 @@ def list_corpus(
     A missing, wrong or empty folder fails here (UsageError) and leaves no empty collection
     locked to a model behind.
     """
+    check_corpus(root, manifest)
+    corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    ignored: Counter[str] = Counter()
+    try:
+        entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored,
+                                   allow_outside_root=allow_outside_root))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UsageError(str(exc)) from exc
+    report.ignored = dict(ignored)
+    existing = store.get_spec(store.resolve(collection))
+    if not entries and not (prune and existing is not None):
+        extra = f" (ignored: {format_counts(ignored)})" if ignored else ""
+        raise UsageError(f"no images found under {corpus_root}{extra}")
+    if existing is None:
+        note = shapes_model_note(report.model_id, [e.rel_path for e in entries])
+        if note:
+            report.notes.append(note)
+    return corpus_root, entries
+
+
+def plan_ingest(
+    store: Store,
+    embedder: Embedder,
+    *,
+    collection: str,
+    corpus_root: Path | None,
+    entries: Sequence[CorpusItem | SkippedFile],
+    report: IngestReport,
+) -> IngestPlan:
+    """Check/create the collection (a model mismatch raises here, before any work), then plan.
+
+    Files the reader rejected go into `report.failed`; unchanged ones (by stat) into `report.unchanged`.
+    """
+    target = ensure_collection(store, embedder, collection)
+    report.collection = target
+    if corpus_root is not None:
+        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
+        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+    state = load_state(store, target)
+    plan = IngestPlan(target=target, state=state, seen=set(), todo=[])
+    for entry in entries:
+        if isinstance(entry, SkippedFile):
+            report.failed.append(entry)
+            plan.seen.add(point_id(entry.rel_path))  # the file exists: don't prune its old point
+            continue
+        pid = point_id(entry.rel_path)
+        plan.seen.add(pid)
+        old = state.get(pid)
+        if old is not None and unchanged_by_stat(entry, old):
+            report.unchanged += 1
+        else:
+            plan.todo.append(entry)
+    return plan
+
+
+def prune_stale(store: Store, plan: IngestPlan, batch: int) -> int:
+    """Delete the points of files that are gone; returns how many."""
+    stale = [pid for pid in plan.state if pid not in plan.seen]
+    for i in range(0, len(stale), batch):
+        store.delete_points(plan.target, stale[i : i + batch])
+    return len(stale)
+
+
+def same_content(result: DecodedImage, old: dict[str, Any] | None) -> bool:
+    """Touched but identical (bytes and annotations): only the stat fields need refreshing."""
+    return old is not None and old.get("sha256") == result.sha256 and same_annotations(result.item, old)
+
+
+def refresh_stat(store: Store, collection: str, item: CorpusItem) -> None:
+    store.set_payload(collection, {"mtime": item.mtime, "file_size": item.file_size}, [point_id(item.rel_path)])
+
+
+def run_ingest(
+    store: Store,
+    embedder: Embedder,
+    *,
+    root: Path | None,
+    collection: str,
+    manifest: Path | None = None,
+    prune: bool = False,
+    options: IngestOptions | None = None,
+    progress: bool = True,
+    tag_labels: Sequence[str] | None = None,
+    include_unlisted: bool = False,
+    tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
+) -> IngestReport:
+    """Index a folder and/or manifest into `collection`. Per-file problems never stop the run.
+
+    A run-level failure while embedding or writing (a store that stays down after its
+    retries, say) ends the run with `report.error` set and `report.written` counting the
+    points the store confirmed; a schema mismatch raises before anything is written.
+
+    `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
+    payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
+    """
+    opts = options or IngestOptions()
+    info = embedder.info
+    t0 = time.perf_counter()
+    report = IngestReport(collection=collection, model_id=info.model_id)
+    executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
+    report.decode_executor = executor
+    check_space = getattr(store, "check_free_space", None)  # the embedded store: a full disk is a SIGBUS
+    if check_space is not None:
+        check_space(f"ingest into {collection!r}")  # DiskFull before anything is written
+
     corpus_root, entries = list_corpus(store, root=root, collection=collection, manifest=manifest,
                                        include_unlisted=include_unlisted, allow_outside_root=opts.allow_outside_root,
                                        prune=prune, report=report)
