@@ -30,7 +30,7 @@ from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
-from mmrag.store.schema import CollectionSpec, SchemaMismatch, check_compatible
+from mmrag.store.schema import DEFAULT_SPARSE_FIELDS, CollectionSpec, SchemaMismatch, check_compatible, sparse_text
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class IngestOptions:
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_pixels: int = 89_478_485
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
+    # manifest text fields indexed by BM25 beside the caption (e.g. ("tags", "keywords"))
+    sparse_fields: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
@@ -60,6 +62,7 @@ class IngestOptions:
             max_file_bytes=settings.max_file_bytes,
             max_image_pixels=settings.max_image_pixels,
             draft_size=draft,
+            sparse_fields=tuple(getattr(settings, "sparse_fields", ()) or ()),
         )
 
 
@@ -149,20 +152,31 @@ def decode_plan(choice: str, embedder: Embedder) -> tuple[str, Callable[[Any], n
     return "process", portable
 
 
-def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
+def ensure_collection(store: Store, embedder: Embedder, collection: str, *, sparse_fields: Sequence[str] = ()) -> str:
     """Create the collection for this model, or check that the existing one matches.
 
     Returns the physical collection name (an alias is resolved).
     """
     target = store.resolve(collection)
     info = embedder.info
-    wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization)
+    wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization,
+                            sparse_fields=bm25_fields(sparse_fields))
     existing = store.get_spec(target)
     if existing is None:
         store.create_collection(wanted)
     else:
         check_compatible(existing, wanted)
+        if existing.has_sparse and sparse_fields and existing.sparse_fields != wanted.sparse_fields:
+            raise SchemaMismatch(
+                f"collection {target!r} indexes {list(existing.sparse_fields or ())} with BM25, but "
+                f"{list(wanted.sparse_fields or ())} was requested. Rebuild it: `mmrag reindex {target} --rebuild`."
+            )
     return target
+
+
+def bm25_fields(extra: Sequence[str]) -> tuple[str, ...]:
+    """The caption first, then the named manifest fields, each once."""
+    return tuple(dict.fromkeys((*DEFAULT_SPARSE_FIELDS, *extra)))
 
 
 def run_ingest(
@@ -195,8 +209,11 @@ def run_ingest(
     executor, preprocess = decode_plan(opts.decode_executor, embedder)  # a bad choice fails before any write
     report.decode_executor = executor
 
-    target = ensure_collection(store, embedder, collection)
+    target = ensure_collection(store, embedder, collection, sparse_fields=opts.sparse_fields)
     report.collection = target
+    # an older collection without the sparse vector gets dense vectors only (hybrid asks for a rebuild)
+    spec = store.get_spec(target)
+    bm25_keys = spec.sparse_fields if spec is not None else None
     corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
     if corpus_root is not None:
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
@@ -238,7 +255,7 @@ def run_ingest(
             max_in_flight=2 * opts.batch_size,
         )
         for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar):
-            points = _embed_batch(batch, embedder, opts, state, tagger, report)
+            points = _embed_batch(batch, embedder, opts, state, tagger, report, bm25_keys)
             writer.add(points)
             bar.update(len(batch))
         writer.flush()
@@ -309,6 +326,7 @@ def _embed_batch(
     state: dict[str, dict[str, Any]],
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
     report: IngestReport,
+    bm25_keys: Sequence[str] | None = None,
 ) -> list[Any]:
     pixels = np.stack([d.pixels for d in batch])
     image_vecs = embedder.embed_pixels(pixels)
@@ -340,7 +358,8 @@ def _embed_batch(
             ingested_at=now,
             metadata=metadata,
         )
-        points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload))
+        bm25_text = sparse_text(payload, bm25_keys) if bm25_keys else None
+        points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload, sparse_text=bm25_text))
         if point_id(item.rel_path) in state:
             report.updated += 1
         else:
