@@ -10,7 +10,8 @@ from PIL import Image
 
 ImageQuery = Union[Image.Image, bytes, Path]  # noqa: UP007  (a runtime alias: isinstance-able on 3.10)
 Query = Union[str, ImageQuery]  # noqa: UP007
-Target = Literal["image", "text", "fused"]
+Target = Literal["image", "text", "fused", "hybrid"]
+TARGETS = ("image", "text", "fused", "hybrid")
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

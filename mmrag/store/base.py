@@ -120,11 +120,13 @@ class Store(Protocol):
         fusion: FusionMethod = "rrf",
         weights: Mapping[str, float] | None = None,
         mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> list[models.ScoredPoint]:
         """One engine query: a prefetch per named dense vector (and, with `text`, a BM25
         prefetch on the sparse vector), each under `query_filter`, fused by the engine
         (RRF with k=2, optionally weighted per vector name, or DBSF). With `mmr` the
         fused candidates are re-ranked for diversity on the image vector.
+        `score_thresholds` (vector name -> minimum score) cut each prefetch's list.
         """
     def facet(
         self, name: str, key: str, *, filter: models.Filter | None = None, limit: int = 10

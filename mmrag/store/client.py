@@ -21,6 +21,7 @@ from mmrag.store.schema import (
     VECTOR_NAMES,
     CollectionSpec,
     SparseVectorMissing,
+    bm25_input,
     missing_sparse_message,
 )
 
@@ -144,13 +145,13 @@ class QdrantClientStore(ThreadedAsyncMixin):
         if self._local:
             vec = bm25_document(doc)
             return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
-        return models.Document(text=doc.text, model=BM25_MODEL, options=dict(BM25_OPTIONS))
+        return models.Document(text=bm25_input(doc.text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
 
     def _sparse_query(self, text: str) -> models.Document | models.SparseVector:
         if self._local:
             vec = bm25_query(text)
             return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
-        return models.Document(text=text, model=BM25_MODEL, options=dict(BM25_OPTIONS))
+        return models.Document(text=bm25_input(text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
 
     def _point_in(self, point: models.PointStruct) -> models.PointStruct:
         vector = point.vector
@@ -257,6 +258,7 @@ class QdrantClientStore(ThreadedAsyncMixin):
         fusion: FusionMethod = "rrf",
         weights: Mapping[str, float] | None = None,
         mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
         if text is not None and not self._has_sparse(name):
             raise SparseVectorMissing(missing_sparse_message(self.resolve(name)))
@@ -268,7 +270,14 @@ class QdrantClientStore(ThreadedAsyncMixin):
             queries[SPARSE_VECTOR] = self._sparse_query(text)
         # the filter goes inside every prefetch, not only on the fused result
         prefetch = [
-            models.Prefetch(query=query, using=vector_name, limit=per_vector, filter=query_filter, params=params)
+            models.Prefetch(
+                query=query,
+                using=vector_name,
+                limit=per_vector,
+                filter=query_filter,
+                params=params,
+                score_threshold=(score_thresholds or {}).get(vector_name),
+            )
             for vector_name, query in queries.items()
         ]
         fuse = fusion_weights(list(queries), fusion, weights)

@@ -43,6 +43,7 @@ from mmrag.store.schema import (
     VECTOR_NAMES,
     CollectionSpec,
     SparseVectorMissing,
+    bm25_input,
     missing_sparse_message,
 )
 
@@ -288,11 +289,11 @@ def _check_bm25(doc: models.Document) -> None:
 def bm25_document(doc: models.Document) -> Any:
     """A `models.Document` to index -> the qdrant_edge sparse vector BM25 makes of it."""
     _check_bm25(doc)
-    return bm25().embed_document(doc.text)
+    return bm25().embed_document(bm25_input(doc.text))
 
 
 def bm25_query(text: str) -> Any:
-    return bm25().embed_query(text)
+    return bm25().embed_query(bm25_input(text))
 
 
 def _edge_vector(name: str, values: Any) -> Any:
@@ -762,6 +763,7 @@ class EdgeStore(ThreadedAsyncMixin):
         fusion: FusionMethod = "rrf",
         weights: Mapping[str, float] | None = None,
         mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> list[models.ScoredPoint]:
         """One engine query: a prefetch per vector (BM25 too when `text` is given), fused by the engine."""
         if text is not None and not self._has_sparse(name):
@@ -778,8 +780,14 @@ class EdgeStore(ThreadedAsyncMixin):
         # the filter goes inside every prefetch: a prefetch without it would fill its
         # candidate list with points the final filter then throws away
         prefetches = [
-            qe.Prefetch(limit=per_vector, query=query, params=self._params(exact, None), filter=edge_filter)
-            for query in queries.values()
+            qe.Prefetch(
+                limit=per_vector,
+                query=query,
+                params=self._params(exact, None),
+                filter=edge_filter,
+                score_threshold=(score_thresholds or {}).get(vector_name),
+            )
+            for vector_name, query in queries.items()
         ]
         fuse = fusion_weights(list(queries), fusion, weights)
         fusion_query = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=RRF_K, weights=fuse)

@@ -7,6 +7,7 @@ says how to fix the problem.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,17 @@ BM25_MODEL = "Qdrant/bm25"
 # Chinese sentence as one token, so no Chinese keyword would ever match.
 BM25_OPTIONS: dict[str, Any] = {"tokenizer": "multilingual"}
 DEFAULT_SPARSE_FIELDS = ("caption",)
+_NUMBER = re.compile(r"\b(\d+)\b")
+
+
+def bm25_input(text: str) -> str:
+    """Text as handed to the engine's BM25, documents and queries alike.
+
+    The multilingual tokenizer drops tokens made only of digits, so the "7157" of a
+    catalogue number "YR-7157" would vanish (and "YR" alone is not unique); prefixing
+    standalone numbers with "n" keeps them as words on both sides.
+    """
+    return _NUMBER.sub(r"n\1", text)
 
 # Payload fields written for every point (manifest metadata is added beside them).
 PAYLOAD_FIELDS = (
