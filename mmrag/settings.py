@@ -88,6 +88,23 @@ class Settings(BaseSettings):
                        description="Approximate search; exact search is the default.")
     hnsw_ef: int = Field(default=128, ge=1, validation_alias=AliasChoices("MMRAG_HNSW_EF", "hnsw_ef"))
 
+    # --- hybrid search (issue 14) -------------------------------------------
+    sparse_fields: list[str] = Field(
+        default_factory=list, validation_alias=AliasChoices("MMRAG_SPARSE_FIELDS", "sparse_fields"),
+        description="Manifest text fields indexed by BM25 beside the caption (JSON list, e.g. [\"tags\"]).")
+    fusion: Literal["rrf", "dbsf"] = Field(default="rrf", validation_alias=AliasChoices("MMRAG_FUSION", "fusion"),
+                                           description="Fusion of fused/hybrid searches: weighted RRF or DBSF.")
+    sparse_weight: float = Field(default=3.0, gt=0, validation_alias=AliasChoices("MMRAG_SPARSE_WEIGHT", "sparse_weight"))
+    dense_weight: float = Field(default=0.5, gt=0, validation_alias=AliasChoices("MMRAG_DENSE_WEIGHT", "dense_weight"))
+    mmr_lambda: float = Field(default=0.5, ge=0, le=1, validation_alias=AliasChoices("MMRAG_MMR_LAMBDA", "mmr_lambda"))
+    mmr_candidates: int = Field(default=50, ge=1, validation_alias=AliasChoices("MMRAG_MMR_CANDIDATES", "mmr_candidates"))
+    min_relevance: float | None = Field(
+        default=None, ge=0, le=100, validation_alias=AliasChoices("MMRAG_MIN_RELEVANCE", "min_relevance"),
+        description="Percentile of the calibrated null distribution a hit must beat (see `mmrag calibrate`).")
+    gate_margin: float = Field(
+        default=0.0, ge=0, le=1, validation_alias=AliasChoices("MMRAG_GATE_MARGIN", "gate_margin"),
+        description="reindex --rebuild --gate: how much lower the new recall@k may be than the live one.")
+
     # --- remote Qdrant ------------------------------------------------------
     qdrant_url: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
     qdrant_api_key: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))

@@ -111,6 +111,7 @@ class JobSpec:
     keep_versions: int = 2
     pipeline: str | None = None  # the pipeline's name, for reports
     model: str | None = None  # the model name the pipeline asked for, for reports
+    gate: Any = None  # mmrag.jobs.gate.EvalGate: rebuilds switch only if recall@k holds up
 
     @classmethod
     def from_pipeline(cls, pdef: PipelineDef, *, options: Any = None) -> JobSpec:
@@ -172,6 +173,7 @@ class JobReport:
     finished_at: str = ""
     elapsed_s: float = 0.0
     report_path: str | None = None
+    gate: dict[str, Any] | None = None  # GateResult.to_dict() of a gated rebuild
 
     @property
     def failed_files(self) -> int:
@@ -223,6 +225,10 @@ class JobReport:
             lines.append(f"  abandoned half-built {self.abandoned}")
         if self.stale_lock:
             lines.append(f"  took over a stale lock of pid {self.stale_lock.get('pid')} on {self.stale_lock.get('host')}")
+        if self.gate:
+            g = self.gate
+            live = "n/a" if g["live_recall"] is None else f"{g['live_recall']:.4f}"
+            lines.append(f"  gate recall@{g['k']} ({g['queries']} queries): new {g['new_recall']:.4f}, live {live}")
         if self.error:
             lines.append(f"  ERROR: {self.error}")
         if self.report_path:
@@ -358,6 +364,18 @@ def _validate_version(store: Any, embedder: Any, collection: str) -> None:
         raise _Failed(f"rebuilt {collection!r} is empty (no image could be indexed); the live collection is unchanged")
 
 
+def _evaluation_gate(r: JobReport, store: Any, embedder: Any, spec: JobSpec, *, new: str, live: str | None) -> None:
+    """With `spec.gate`: evaluate new vs live on the same queries; raise (keeping live) if new is worse."""
+    if spec.gate is None:
+        return
+    from mmrag.jobs.gate import evaluate_gate
+
+    result = evaluate_gate(store, embedder, new=new, live=live, gate=spec.gate)
+    r.gate = result.to_dict()
+    if not result.passed:
+        raise _Failed(result.summary())
+
+
 def _build_and_switch(
     r: JobReport,
     store: Any,
@@ -395,6 +413,7 @@ def _build_and_switch(
         _validate_version(store, embedder, new)
         store.update_metadata(new, {COMPLETE_KEY: {"completed_at": _now().isoformat(timespec="seconds"),
                                                    "job": r.job, "pipeline": spec.pipeline}})
+        _evaluation_gate(r, store, embedder, spec, new=new, live=live)
     except BaseException:
         # Never leave a half-built version around: it would become a rollback target.
         r.target = live
