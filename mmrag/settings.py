@@ -154,6 +154,23 @@ class Settings(BaseSettings):
     facet_fields: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                     description="Payload fields offered as filters on the search page; empty: the keyword indexes.")
 
+    # --- hybrid search (issue 14) -------------------------------------------
+    sparse_fields: list[str] = Field(
+        default_factory=list,
+        description="Manifest text fields indexed by BM25 beside the caption (JSON list, e.g. [\"tags\"]).")
+    fusion: Literal["rrf", "dbsf"] = Field(default="rrf",
+                                           description="Fusion of fused/hybrid searches: weighted RRF or DBSF.")
+    sparse_weight: float = Field(default=3.0, gt=0)
+    dense_weight: float = Field(default=0.5, gt=0)
+    mmr_lambda: float = Field(default=0.5, ge=0, le=1)
+    mmr_candidates: int = Field(default=50, ge=1)
+    min_relevance: float | None = Field(
+        default=None, ge=0, le=100,
+        description="Percentile of the calibrated null distribution a hit must beat (see `mmrag calibrate`).")
+    gate_margin: float = Field(
+        default=0.0, ge=0, le=1,
+        description="reindex --rebuild --gate: how much lower the new recall@k may be than the live one.")
+
     # --- remote Qdrant ------------------------------------------------------
     qdrant_url: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"))
     qdrant_api_key: str | None = Field(default=None, validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"))

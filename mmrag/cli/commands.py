@@ -35,6 +35,11 @@ def _app(args: argparse.Namespace, *, announce: bool = True):
         "quantize": getattr(args, "quantize", None),
         "fast_preprocess": getattr(args, "fast_preprocess", None),
         "hnsw": getattr(args, "hnsw", None) or None,
+        "sparse_fields": getattr(args, "sparse_field", None),
+        "fusion": getattr(args, "fusion", None),
+        "mmr_lambda": getattr(args, "mmr_lambda", None),
+        "mmr_candidates": getattr(args, "mmr_candidates", None),
+        "min_relevance": getattr(args, "min_relevance", None),
     }.items() if v is not None}
     return App(Settings(**overrides), announce=_status if announce and not _quiet(args) else None)
 
@@ -85,6 +90,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         include_unlisted=args.include_unlisted,
         **kwargs,
     )
+    if args.calibrate and report.ok:
+        from mmrag.retrieval.calibration import calibrate
+
+        calibrate(app.store, embedder, report.collection)
     if report.notes and not _quiet(args):
         for note in report.notes:
             _status(f"mmrag: note: {note}")
@@ -107,6 +116,13 @@ def _retriever(args: argparse.Namespace, app, collection: str):
         exact=not app.settings.hnsw,
         hnsw_ef=app.settings.hnsw_ef if app.settings.hnsw else None,
         include_image="path" if getattr(args, "plot", None) else None,
+        fusion=app.settings.fusion,
+        sparse_weight=app.settings.sparse_weight,
+        dense_weight=app.settings.dense_weight,
+        mmr=bool(getattr(args, "mmr", False)),
+        mmr_lambda=app.settings.mmr_lambda,
+        mmr_candidates=app.settings.mmr_candidates,
+        min_relevance=app.settings.min_relevance,
     )
 
 
@@ -166,12 +182,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if app.store.get_spec(app.store.resolve(collection)) is None:
         raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
     retriever = _retriever(args, app, collection)
-    docs = retriever.search(
-        query,
-        query_type="image" if args.image else "text",
-        qdrant_filter=flt,
-        score_threshold=args.score_threshold,
-    )
+    try:
+        docs = retriever.search(
+            query,
+            query_type="image" if args.image else "text",
+            qdrant_filter=flt,
+            score_threshold=args.score_threshold,
+        )
+    except ValueError as e:  # a bad combination of options (hybrid with an image, ...)
+        raise UsageError(str(e)) from e
     hits = [
         {
             "rank": i + 1,
@@ -200,6 +219,55 @@ def cmd_search(args: argparse.Namespace) -> int:
         for h in hits:
             cap = f"  {h['caption']}" if h["caption"] else ""
             print(f"{h['rank']:>3}  {h['score']:.4f}  {h['path']}{cap}")
+    return EXIT_OK
+
+
+def cmd_facets(args: argparse.Namespace) -> int:
+    from mmrag.store.filters import filter_from_cli
+
+    app = _app(args)
+    collection = _collection(args, app)
+    if app.store.get_spec(app.store.resolve(collection)) is None:
+        raise NotFoundError(f"collection {collection!r} does not exist")
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        flt = filter_from_cli(args.filter or [])
+        hits = app.store.facet(app.store.resolve(collection), args.key, filter=flt, limit=args.limit)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.json:
+        _print_json({"collection": collection, "key": args.key, "hits": [{"value": h.value, "count": h.count}
+                                                                          for h in hits]})
+    else:
+        if not hits:
+            print(f"no values of {args.key!r}")
+        for h in hits:
+            print(f"{h.count:>8}  {h.value}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from mmrag.retrieval.calibration import calibrate
+
+    app = _app(args)
+    collection = _collection(args, app)
+    if app.store.get_spec(app.store.resolve(collection)) is None:
+        raise NotFoundError(f"collection {collection!r} does not exist")
+    prompts = None
+    if args.prompts:
+        if not args.prompts.is_file():
+            raise UsageError(f"prompts file not found: {args.prompts}")
+        prompts = [ln.strip() for ln in args.prompts.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    record = calibrate(app.store, app.embedder(args.model, collection=collection), collection, prompts=prompts)
+    if args.json:
+        _print_json({"collection": collection, **record})
+    else:
+        print(f"calibrated {collection!r} with {record['prompts']} unrelated prompts")
+        for name in ("image", "text"):
+            if name in record:
+                q = record[name]
+                print(f"  {name:>5}: best cosine of unrelated prompts p50 {q[50]:.4f}  p95 {q[95]:.4f}  max {q[100]:.4f}")
     return EXIT_OK
 
 
@@ -377,6 +445,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _job_result(args, report)
 
 
+def _gate_arg(args: argparse.Namespace, app) -> Any:
+    if not getattr(args, "gate", False):
+        return None
+    if not args.rebuild:
+        raise UsageError("--gate applies to --rebuild (it decides whether the new version goes live)")
+    from mmrag.jobs.gate import EvalGate
+
+    margin = args.gate_margin if args.gate_margin is not None else app.settings.gate_margin
+    if args.gate_k < 1 or not 0.0 <= margin <= 1.0:
+        raise UsageError("--gate-k must be >= 1 and --gate-margin within [0, 1]")
+    return EvalGate(k=args.gate_k, margin=margin, queries=args.gate_queries)
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions
     from mmrag.jobs.reindex import JobSpec, RebuildGate, rebuild, rollback, run_pipeline
@@ -411,7 +492,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         collection=target, root=root, manifest=manifest, prune=args.prune,
         options=IngestOptions.from_settings(app.settings, embedder),
         tag_labels=_read_labels(args.tag_labels) if args.tag_labels else None,
-        keep_versions=args.keep or 2, model=args.model,
+        keep_versions=args.keep or 2, model=args.model, eval_gate=_gate_arg(args, app),
     )
     common = dict(store=app.store, embedder=embedder, home=app.settings.home, strict=args.strict,
                   progress=not args.json and not _quiet(args))

@@ -41,6 +41,8 @@ EXAMPLES: dict[str, str] = {
     "synth": "mmrag synth ./shapes -n 200\nmmrag synth ./shapes-zh --lang zh --manifest jsonl",
     "models": "mmrag models\nmmrag models --json",
     "collections": "mmrag collections\nmmrag collections --json",
+    "facets": "mmrag facets tags -c photos\nmmrag facets format --filter tags=cat --json",
+    "calibrate": "mmrag calibrate -c photos\nmmrag search \"a red circle\" -c photos --min-relevance 95",
     "serve": "mmrag serve -c photos\nMMRAG_API_KEY=secret mmrag serve -c photos --host 0.0.0.0 --port 8000",
     "mcp": "mmrag mcp -c photos        # an MCP server on stdio, for an agent's config",
     "completion": "mmrag completion bash > ~/.local/share/bash-completion/completions/mmrag\n"
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"],
                    help="local: one process; ray: Ray Data decode tasks and model actors [MMRAG_INGEST_ENGINE]")
     p.add_argument("--ray-address", help="with --engine ray: 'auto', 'ray://head:10001'; unset starts a local Ray [MMRAG_RAY_ADDRESS]")
+    p.add_argument("--sparse-field", action="append", metavar="FIELD",
+                   help="manifest text field BM25 indexes beside the caption; repeatable [MMRAG_SPARSE_FIELDS]")
+    p.add_argument("--calibrate", action="store_true", help="after ingesting, record the no-match distribution")
     _common(p)
     p.set_defaults(func=c.cmd_ingest)
 
@@ -164,14 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?", help="text query")
     p.add_argument("--image", type=Path, help="image query")
     p.add_argument("-k", type=positive_int, default=10, help="number of hits")
-    p.add_argument("--target", choices=["image", "text", "fused"], default="image",
-                   help="named vector to search: image (default), text (captions) or fused (both, RRF)")
+    p.add_argument("--target", choices=["image", "text", "fused", "hybrid"], default="image",
+                   help="image (default), text (captions), fused (both, engine RRF) or hybrid "
+                        "(both + BM25 keywords of the captions; text queries)")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="payload filter; repeatable (AND)")
     p.add_argument("--score-threshold", type=float, help="drop hits with a cosine below this")
+    p.add_argument("--fusion", choices=["rrf", "dbsf"], help="fusion of fused/hybrid [MMRAG_FUSION, default rrf]")
+    p.add_argument("--mmr", action="store_true", help="diversify the hits (maximal marginal relevance, in the engine)")
+    p.add_argument("--mmr-lambda", type=float, help="1 = relevance only, 0 = diversity only [MMRAG_MMR_LAMBDA, 0.5]")
+    p.add_argument("--mmr-candidates", type=int, help="candidates MMR picks from [MMRAG_MMR_CANDIDATES, 50]")
+    p.add_argument("--min-relevance", type=float, metavar="PERCENTILE",
+                   help="drop hits no better than this percentile of unrelated prompts (needs `mmrag calibrate`)")
     p.add_argument("--hnsw", action="store_true", help="approximate search (exact is the default)")
     p.add_argument("--plot", type=Path, help="write the query and hits as a PNG grid")
     _common(p)
     p.set_defaults(func=c.cmd_search)
+
+    p = add(sub, "facets", "counts of the values of an indexed payload field (under --filter)")
+    p.add_argument("key", help="payload field, e.g. tags or format")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="payload filter; repeatable (AND)")
+    p.add_argument("--limit", type=int, default=20, help="most frequent values to show (default 20)")
+    _common(p, model=False)
+    p.set_defaults(func=c.cmd_facets)
+
+    p = add(sub, "calibrate", "record the scores unrelated prompts reach (for --min-relevance)")
+    p.add_argument("--prompts", type=Path, help="file of unrelated prompts, one per line (default: built-in)")
+    _common(p)
+    p.set_defaults(func=c.cmd_calibrate)
 
     p = add(sub, "classify", "zero-shot classification of images or folders")
     p.add_argument("paths", nargs="+", help="image files or folders")
@@ -235,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollback", action="store_true", help="switch the alias back to the previous version")
     p.add_argument("--to", help="with --rollback: version number or NAME__vN")
     p.add_argument("--model", "-m", help="model for a rebuild (default: the collection's own)")
+    p.add_argument("--gate", action="store_true",
+                   help="with --rebuild: switch only if recall@k on held-out queries is no worse than live")
+    p.add_argument("--gate-k", type=int, default=5, help="k of the gate's recall@k (default 5)")
+    p.add_argument("--gate-queries", type=Path, help="jsonl of {query, expected path} (default: the corpus captions)")
+    p.add_argument("--gate-margin", type=float, help="allowed recall drop, new vs live [MMRAG_GATE_MARGIN, 0]")
     _job_options(p)
     p.set_defaults(func=c.cmd_reindex)
 

@@ -154,7 +154,7 @@ def run_ingest_ray(
         rows = [_input_row(item, state) for item in plan.todo]
         # Nothing to decode (an unchanged corpus): no Ray at all.
         stages = _Stages(opts, ropts, preprocess, factory, embedder.info.fingerprint(), target,
-                         embedder.info.model_id) if rows else None
+                         embedder.info.model_id, plan.bm25_keys) if rows else None
         done: set[str] = set()
         # Pass 1 in blocks of a batch; pass 2 re-runs, one file per task, the files of blocks whose
         # decode task kept dying, so that only the file that kills its worker is skipped.
@@ -163,7 +163,8 @@ def run_ingest_ray(
             if not pending or report.error or stages is None:
                 break
             for batch in stages.run(pending, block, progress):
-                _settle(batch, report, state, store, target, writer, tagger, embedder.info.model_id, done, bar)
+                _settle(batch, report, state, store, target, writer, tagger, embedder.info.model_id, done, bar,
+                        plan.bm25_keys)
                 if report.error:
                     break
         if not report.error:
@@ -227,12 +228,13 @@ class _Stages:
     """The Ray Data pipeline of one run: decode tasks → embedding actors (→ upsert actors)."""
 
     def __init__(self, opts: IngestOptions, ropts: RayOptions, preprocess: Any, factory: Callable[[], Embedder],
-                 fingerprint: dict[str, Any], target: str, model_id: str) -> None:
+                 fingerprint: dict[str, Any], target: str, model_id: str,
+                 bm25_keys: Sequence[str] | None = None) -> None:
         import ray
 
         self.opts, self.ropts = opts, ropts
         self.preprocess, self.factory, self.fingerprint = preprocess, factory, fingerprint
-        self.target, self.model_id = target, model_id
+        self.target, self.model_id, self.bm25_keys = target, model_id, bm25_keys
         gpus = float(ray.cluster_resources().get("GPU", 0))
         self.gpus_per_actor = ropts.gpus_per_actor if ropts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
         self.actors = ropts.embed_actors or (max(1, int(gpus // self.gpus_per_actor)) if self.gpus_per_actor else 1)
@@ -273,7 +275,8 @@ class _Stages:
                     batch_size=self.opts.write_batch_size,
                     batch_format="numpy",
                     fn_constructor_kwargs={"factory": self.ropts.store_factory, "collection": self.target,
-                                           "model_id": self.model_id, "write_batch": self.opts.write_batch_size},
+                                           "model_id": self.model_id, "write_batch": self.opts.write_batch_size,
+                                           "bm25_keys": self.bm25_keys},
                     compute=ActorPoolStrategy(size=self.ropts.write_streams),
                     num_cpus=0,  # network-bound: they must not take cores from decode
                 )
@@ -347,17 +350,19 @@ class _EmbedActor:
 class _UpsertActor:
     """Batched upserts from a worker to a Qdrant server, through the retrying store."""
 
-    def __init__(self, factory: Callable[[], Store], collection: str, model_id: str, write_batch: int) -> None:
+    def __init__(self, factory: Callable[[], Store], collection: str, model_id: str, write_batch: int,
+                 bm25_keys: Sequence[str] | None = None) -> None:
         self.store, self.collection, self.model_id, self.write_batch = factory(), collection, model_id, write_batch
+        self.bm25_keys = bm25_keys
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = upsert_rows(self.store, self.collection, self.model_id, self.write_batch, batch)
+        out = upsert_rows(self.store, self.collection, self.model_id, self.write_batch, batch, self.bm25_keys)
         out.pop("image"), out.pop("text")  # nothing heavy goes back to the driver
         return out
 
 
 def upsert_rows(store: Store, collection: str, model_id: str, write_batch: int,
-                batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                batch: dict[str, np.ndarray], bm25_keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Write the embedded rows of `batch`; rows whose write failed come back with status "error"."""
     batch = dict(batch)
     status = np.array(batch["status"], dtype=object)
@@ -365,7 +370,7 @@ def upsert_rows(store: Store, collection: str, model_id: str, write_batch: int,
     ok = np.flatnonzero(status == OK)
     decoded, image, text = _embedded(batch, ok)
     try:
-        points = build_points(decoded, image, text, model_id)
+        points = build_points(decoded, image, text, model_id, bm25_keys=bm25_keys)
         for i in range(0, len(points), write_batch):
             store.upsert(collection, points[i : i + write_batch])
         status[ok] = "written"
@@ -386,7 +391,7 @@ def _embedded(batch: dict[str, np.ndarray], ok: np.ndarray) -> tuple[list[Decode
 
 def _settle(batch: dict[str, np.ndarray], report: IngestReport, state: dict[str, dict[str, Any]], store: Store,
             target: str, writer: StoreWriter, tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
-            model_id: str, done: set[str], bar: tqdm) -> None:
+            model_id: str, done: set[str], bar: tqdm, bm25_keys: Sequence[str] | None = None) -> None:
     """Account for one batch of results on the driver (and write it, for the embedded store)."""
     status = batch["status"]
     for i, st in enumerate(status):
@@ -407,7 +412,7 @@ def _settle(batch: dict[str, np.ndarray], report: IngestReport, state: dict[str,
                                                                        if batch["has_text"][i]})
         if image is not None:  # the driver writes
             extra = tagger(image) if tagger is not None else None
-            writer.add(build_points(decoded, image, text, model_id, extra))
+            writer.add(build_points(decoded, image, text, model_id, extra, bm25_keys))
         else:
             report.written += len(decoded)
         count_embedded(report, decoded, text, state)

@@ -34,7 +34,7 @@ from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
-from mmrag.store.schema import CollectionSpec, SchemaMismatch, check_compatible
+from mmrag.store.schema import DEFAULT_SPARSE_FIELDS, CollectionSpec, SchemaMismatch, check_compatible, sparse_text
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class IngestOptions:
     max_image_pixels: int = 89_478_485
     draft_size: int | None = None  # JPEG draft decoding (fast path); None = reference path
     allow_outside_root: bool = False  # index symlinks / manifest rows that leave the corpus root
+    # manifest text fields indexed by BM25 beside the caption (e.g. ("tags", "keywords"))
+    sparse_fields: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
@@ -66,6 +68,7 @@ class IngestOptions:
             max_image_pixels=settings.max_image_pixels,
             draft_size=draft,
             allow_outside_root=getattr(settings, "allow_outside_root", False),
+            sparse_fields=tuple(getattr(settings, "sparse_fields", ()) or ()),
         )
 
 
@@ -191,7 +194,7 @@ def shapes_model_note(model_id: str, rel_paths: Sequence[str]) -> str | None:
     )
 
 
-def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
+def ensure_collection(store: Store, embedder: Embedder, collection: str, *, sparse_fields: Sequence[str] = ()) -> str:
     """Create the collection for this model, or check that the existing one matches.
 
     Returns the physical collection name (an alias is resolved).
@@ -200,12 +203,17 @@ def ensure_collection(store: Store, embedder: Embedder, collection: str) -> str:
     info = embedder.info
     # The runtime is recorded for the record only: torch and ONNX fp32 vectors agree within 1e-5.
     wanted = CollectionSpec(name=target, dim=info.dim, model_id=info.model_id, quantization=info.quantization,
-                            extra={"runtime": getattr(info, "runtime", "torch")})
+                            sparse_fields=bm25_fields(sparse_fields), extra={"runtime": getattr(info, "runtime", "torch")})
     existing = store.get_spec(target)
     if existing is None:
         store.create_collection(wanted)
     else:
         check_compatible(existing, wanted)
+        if existing.has_sparse and sparse_fields and existing.sparse_fields != wanted.sparse_fields:
+            raise SchemaMismatch(
+                f"collection {target!r} indexes {list(existing.sparse_fields or ())} with BM25, but "
+                f"{list(wanted.sparse_fields or ())} was requested. Rebuild it: `mmrag reindex {target} --rebuild`."
+            )
     return target
 
 
@@ -218,6 +226,8 @@ class IngestPlan:
     state: dict[str, dict[str, Any]]  # point id -> stored payload
     seen: set[str]  # point ids of every file present (skipped ones included: never pruned)
     todo: list[CorpusItem]  # new or changed by stat: to decode
+    # payload keys BM25 indexes; None: an older collection without the sparse vector (dense only)
+    bm25_keys: tuple[str, ...] | None = None
 
 
 def list_corpus(
@@ -264,18 +274,21 @@ def plan_ingest(
     corpus_root: Path | None,
     entries: Sequence[CorpusItem | SkippedFile],
     report: IngestReport,
+    sparse_fields: Sequence[str] = (),
 ) -> IngestPlan:
     """Check/create the collection (a model mismatch raises here, before any work), then plan.
 
     Files the reader rejected go into `report.failed`; unchanged ones (by stat) into `report.unchanged`.
     """
-    target = ensure_collection(store, embedder, collection)
+    target = ensure_collection(store, embedder, collection, sparse_fields=sparse_fields)
     report.collection = target
+    spec = store.get_spec(target)
     if corpus_root is not None:
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
         store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
     state = load_state(store, target)
-    plan = IngestPlan(target=target, state=state, seen=set(), todo=[])
+    plan = IngestPlan(target=target, state=state, seen=set(), todo=[],
+                      bm25_keys=tuple(spec.sparse_fields) if spec is not None and spec.sparse_fields else None)
     for entry in entries:
         if isinstance(entry, SkippedFile):
             report.failed.append(entry)
@@ -306,6 +319,11 @@ def same_content(result: DecodedImage, old: dict[str, Any] | None) -> bool:
 
 def refresh_stat(store: Store, collection: str, item: CorpusItem) -> None:
     store.set_payload(collection, {"mtime": item.mtime, "file_size": item.file_size}, [point_id(item.rel_path)])
+
+
+def bm25_fields(extra: Sequence[str]) -> tuple[str, ...]:
+    """The caption first, then the named manifest fields, each once."""
+    return tuple(dict.fromkeys((*DEFAULT_SPARSE_FIELDS, *extra)))
 
 
 def run_ingest(
@@ -344,7 +362,8 @@ def run_ingest(
     corpus_root, entries = list_corpus(store, root=root, collection=collection, manifest=manifest,
                                        include_unlisted=include_unlisted, allow_outside_root=opts.allow_outside_root,
                                        prune=prune, report=report)
-    plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report)
+    plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report,
+                       sparse_fields=opts.sparse_fields)
     target, state = plan.target, plan.state
     if tagger is None and tag_labels:
         from mmrag.tasks.tagging import make_ingest_tagger
@@ -368,7 +387,7 @@ def run_ingest(
             max_in_flight=2 * opts.batch_size,
         )
         for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar):
-            points = _embed_batch(batch, embedder, opts, state, tagger, report)
+            points = _embed_batch(batch, embedder, opts, state, tagger, report, plan.bm25_keys)
             writer.add(points)
             bar.update(len(batch))
         writer.flush()
@@ -433,12 +452,13 @@ def _embed_batch(
     state: dict[str, dict[str, Any]],
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
     report: IngestReport,
+    bm25_keys: Sequence[str] | None = None,
 ) -> list[Any]:
     image_vecs, text_vecs = embed_vectors(
         embedder, np.stack([d.pixels for d in batch]), [d.item.caption for d in batch], opts.text_batch_size
     )
     extra = tagger(image_vecs) if tagger is not None else None
-    points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra)
+    points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra, bm25_keys)
     count_embedded(report, batch, text_vecs, state)
     return points
 
@@ -463,6 +483,7 @@ def build_points(
     text_vecs: dict[int, np.ndarray],
     model_id: str,
     extra: Sequence[dict[str, Any]] | None = None,
+    bm25_keys: Sequence[str] | None = None,
 ) -> list[Any]:
     """Store points (uuid5 ids, full payload) for an embedded batch."""
     now = datetime.now(timezone.utc)
@@ -483,7 +504,8 @@ def build_points(
             ingested_at=now,
             metadata=metadata,
         )
-        points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload))
+        bm25_text = sparse_text(payload, bm25_keys) if bm25_keys else None
+        points.append(build_point(item.rel_path, image_vecs[i], text_vecs.get(i), payload, sparse_text=bm25_text))
     return points
 
 

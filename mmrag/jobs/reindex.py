@@ -169,6 +169,7 @@ class JobSpec:
     model: str | None = None  # the model name the pipeline asked for, for reports
     engine: str = "local"  # "local" (run_ingest) or "ray" (run_ingest_ray)
     ray_address: str | None = None
+    eval_gate: Any = None  # mmrag.jobs.gate.EvalGate: rebuilds switch only if recall@k holds up
 
     @classmethod
     def from_pipeline(cls, pdef: PipelineDef, *, options: Any = None) -> JobSpec:
@@ -233,6 +234,7 @@ class JobReport:
     finished_at: str = ""
     elapsed_s: float = 0.0
     report_path: str | None = None
+    eval_gate: dict[str, Any] | None = None  # mmrag.jobs.gate result of an evaluation-gated rebuild
 
     @property
     def failed_files(self) -> int:
@@ -286,6 +288,10 @@ class JobReport:
             lines.append(f"  took over a stale lock of pid {self.stale_lock.get('pid')} on {self.stale_lock.get('host')}")
         if self.gate and not self.gate.get("passed"):
             lines.append("  gate refused the new version: " + "; ".join(self.gate.get("reasons", [])))
+        if self.eval_gate:
+            g = self.eval_gate
+            live = "n/a" if g["live_recall"] is None else f"{g['live_recall']:.4f}"
+            lines.append(f"  gate recall@{g['k']} ({g['queries']} queries): new {g['new_recall']:.4f}, live {live}")
         if self.error:
             lines.append(f"  ERROR: {self.error}")
         if self.report_path:
@@ -430,6 +436,18 @@ def _validate_version(store: Any, embedder: Any, collection: str) -> None:
         raise _Failed(f"rebuilt {collection!r} is empty (no image could be indexed); the live collection is unchanged")
 
 
+def _evaluation_gate(r: JobReport, store: Any, embedder: Any, spec: JobSpec, *, new: str, live: str | None) -> None:
+    """With `spec.eval_gate`: evaluate new vs live on the same queries; raise (keeping live) if new is worse."""
+    if spec.eval_gate is None:
+        return
+    from mmrag.jobs.gate import evaluate_gate
+
+    result = evaluate_gate(store, embedder, new=new, live=live, gate=spec.eval_gate)
+    r.eval_gate = result.to_dict()
+    if not result.passed:
+        raise _Failed(result.summary())
+
+
 def _build_and_switch(
     r: JobReport,
     store: Any,
@@ -470,6 +488,7 @@ def _build_and_switch(
             _check_gate(r, store, gate, new=new, live=r.previous, failed_files=len(rep.failed))
         store.update_metadata(new, {COMPLETE_KEY: {"completed_at": _now().isoformat(timespec="seconds"),
                                                    "job": r.job, "pipeline": spec.pipeline}})
+        _evaluation_gate(r, store, embedder, spec, new=new, live=live)
     except BaseException:
         # Never leave a half-built version around: it would become a rollback target.
         r.target = live

@@ -40,7 +40,16 @@ class MultimodalEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         return self.embedder.embed_texts([text])[0].tolist()
 
-    def embed_image(self, image: ImageQuery | str) -> list[float]:
+    def embed_image(self, uris: Sequence[ImageQuery | str]) -> list[list[float]]:
+        """One vector per image: LangChain's multimodal convention (`embed_image(uris=[...])`,
+        as langchain-experimental's OpenCLIPEmbeddings and the multimodal vector stores call it).
+        Paths, bytes, PIL images and data URIs are all accepted."""
+        if isinstance(uris, (str, bytes, bytearray)) or not isinstance(uris, Sequence):
+            raise TypeError("embed_image takes a list of images (uris=[...]); use embed_query_image for one")
+        return self.embed_images(uris)
+
+    def embed_query_image(self, image: ImageQuery | str) -> list[float]:
+        """The vector of one image query."""
         return self.embedder.embed_images([load_query_image(image)])[0].tolist()
 
     def embed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
@@ -54,8 +63,8 @@ class MultimodalEmbeddings(Embeddings):
     async def aembed_query(self, text: str) -> list[float]:
         return await asyncio.to_thread(self.embed_query, text)
 
-    async def aembed_image(self, image: ImageQuery | str) -> list[float]:
-        return await asyncio.to_thread(self.embed_image, image)
+    async def aembed_image(self, uris: Sequence[ImageQuery | str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_image, uris)
 
     async def aembed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_images, images)

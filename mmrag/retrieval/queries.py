@@ -12,7 +12,8 @@ from mmrag.corpus.formats import IMAGE_SUFFIXES
 
 ImageQuery = Union[Image.Image, bytes, Path]  # noqa: UP007  (a runtime alias: isinstance-able on 3.10)
 Query = Union[str, ImageQuery]  # noqa: UP007
-Target = Literal["image", "text", "fused"]
+Target = Literal["image", "text", "fused", "hybrid"]
+TARGETS = ("image", "text", "fused", "hybrid")
 
 
 def is_image_query(query: Any) -> bool:

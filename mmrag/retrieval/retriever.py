@@ -1,9 +1,9 @@
 """Cross-modal retrieval served through LangChain's own interfaces.
 
 `MultimodalRetriever` (a `BaseRetriever`) embeds a text or image query and
-searches one named vector (`image` or `text`) or both, fused with reciprocal
-rank fusion. `MultimodalEmbeddings` (an `Embeddings`) lets the stock
-`langchain_qdrant.QdrantVectorStore` work on mmrag collections too.
+searches one named vector (`image` or `text`), both (`fused`), or both plus the
+BM25 sparse vector of the captions (`hybrid`). Fusion and MMR run inside the
+engine (qdrant-edge or a Qdrant server), in one query.
 """
 
 from __future__ import annotations
@@ -19,10 +19,23 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from mmrag.retrieval.calibration import relevance_threshold
 from mmrag.retrieval.documents import document_from_point
-from mmrag.retrieval.queries import Query, Target, is_image_query, load_query_image
+from mmrag.retrieval.queries import TARGETS, Query, Target, is_image_query, load_query_image
+from mmrag.store.base import MmrParams
 from mmrag.store.filters import filter_from_dict, merge_filters
-from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, check_model
+from mmrag.store.schema import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, check_model
+
+# Hybrid RRF weights. Qdrant's weighted RRF scores rank r (from 0) as 1 / ((r+1)/w + k-1),
+# so with k=2 one list can add at most 1.0, which is what a point ranked first by both
+# dense lists already has at weight 1 (1/2 + 1/2): no weight alone lets an exact match
+# that CLIP misses win. Halving the dense weights (1/3 + 1/3 = 0.67 for first in both)
+# and tripling BM25's (0.75 for its first) lets a rare code's caption come first, while
+# a point both BM25 and CLIP rank high still beats either alone. Measured on the
+# reference model in bench/hybrid.py.
+DEFAULT_SPARSE_WEIGHT = 3.0
+DEFAULT_DENSE_WEIGHT = 0.5
+_FUSED = ("fused", "hybrid")
 
 
 class MultimodalRetriever(BaseRetriever):
@@ -30,7 +43,13 @@ class MultimodalRetriever(BaseRetriever):
 
     Modes: a text query against `target="image"` is text→image, against
     `"text"` text→caption; an image query gives image→image / image→caption;
-    `"fused"` searches both vectors and merges them with RRF (one Document per image).
+    `"fused"` searches both vectors and has the engine merge them with RRF (one Document
+    per image); `"hybrid"` adds a BM25 prefetch on the caption's sparse vector (text
+    queries only), weighted by `sparse_weight` (RRF) or fused by DBSF (`fusion="dbsf"`).
+    Filters apply inside every prefetch. `mmr=True` re-ranks `mmr_candidates` hits for
+    diversity (`mmr_lambda`: 1 = relevance only). `min_relevance` (a percentile, 0-100, of
+    the collection's calibrated null distribution, see `mmrag calibrate`) drops hits no
+    better than what unrelated prompts score: "no match" instead of noise.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -47,6 +66,13 @@ class MultimodalRetriever(BaseRetriever):
     exact: bool = True
     hnsw_ef: int | None = None
     query_type: Literal["auto", "text", "image"] = "auto"
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    sparse_weight: float = DEFAULT_SPARSE_WEIGHT
+    dense_weight: float = DEFAULT_DENSE_WEIGHT
+    mmr: bool = False
+    mmr_lambda: float = 0.5
+    mmr_candidates: int = 50
+    min_relevance: float | None = None
 
     _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
     _checked: set[str] = PrivateAttr(default_factory=set)
@@ -62,7 +88,8 @@ class MultimodalRetriever(BaseRetriever):
 
     # --- search -------------------------------------------------------------------------
     def _search_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(kwargs) - {"k", "target", "score_threshold", "filter", "qdrant_filter", "include_image", "query_type"}
+        unknown = set(kwargs) - {"k", "target", "score_threshold", "filter", "qdrant_filter", "include_image",
+                                 "query_type", "mmr", "mmr_lambda", "mmr_candidates", "min_relevance", "fusion"}
         if unknown:
             raise TypeError(f"unknown retriever arguments: {sorted(unknown)}")
         args = {
@@ -75,25 +102,34 @@ class MultimodalRetriever(BaseRetriever):
             ),
             "include_image": kwargs.get("include_image", self.include_image),
             "query_type": kwargs.get("query_type"),
+            "fusion": kwargs.get("fusion", self.fusion),
+            "min_relevance": kwargs.get("min_relevance", self.min_relevance),
         }
-        if args["target"] not in ("image", "text", "fused"):
-            raise ValueError(f"target must be 'image', 'text' or 'fused', not {args['target']!r}")
-        if args["target"] == "fused" and args["score_threshold"] is not None:
+        use_mmr = kwargs.get("mmr", self.mmr)
+        args["mmr"] = (
+            MmrParams(kwargs.get("mmr_lambda", self.mmr_lambda), kwargs.get("mmr_candidates", self.mmr_candidates))
+            if use_mmr
+            else None
+        )
+        if args["target"] not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, not {args['target']!r}")
+        if args["target"] in _FUSED and args["score_threshold"] is not None:
             # RRF scores are ranks, not cosines: a cosine threshold cannot apply to them.
-            raise ValueError("score_threshold applies to cosine scores; it is not supported with target='fused'")
+            raise ValueError(
+                f"score_threshold applies to cosine scores; it is not supported with target={args['target']!r} "
+                "(use min_relevance)"
+            )
+        mr = args["min_relevance"]
+        if mr is not None and not 0.0 <= float(mr) <= 100.0:
+            raise ValueError(f"min_relevance is a percentile of the null distribution, 0-100; got {mr}")
         return args
 
     def _documents(self, points: Sequence[Any], args: dict[str, Any], collection: str) -> list[Document]:
         root = self._corpus_root(collection) if args["include_image"] else None
-        vector = None if args["target"] == "fused" else args["target"]
-        docs = [
-            document_from_point(p, vector_name=vector, include_image=args["include_image"], corpus_root=root)
+        return [
+            document_from_point(p, vector_name=args["target"], include_image=args["include_image"], corpus_root=root)
             for p in points
         ]
-        if args["target"] == "fused":
-            for d in docs:
-                d.metadata["vector"] = "fused"
-        return docs
 
     def _corpus_root(self, collection: str) -> Path | None:
         if self.corpus_root is not None:
@@ -110,17 +146,53 @@ class MultimodalRetriever(BaseRetriever):
             check_model(self.store.get_spec(collection), self.embedder.info)
             self._checked.add(collection)
 
-    def _search_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
-        if args["target"] == "fused":
-            return {"limit": args["k"], "query_filter": args["filter"], "exact": self.exact}
-        return {
-            "using": args["target"],
+    def _thresholds(self, args: dict[str, Any], collection: str) -> dict[str, float]:
+        """Per dense vector, the cosine a hit must exceed under `min_relevance` (empty without it)."""
+        if args["min_relevance"] is None:
+            return {}
+        spec = self.store.get_spec(collection)
+        names = (IMAGE_VECTOR, TEXT_VECTOR) if args["target"] in _FUSED else (args["target"],)
+        return {n: relevance_threshold(spec, n, float(args["min_relevance"])) for n in names}
+
+    def _plan(self, query: Query, vec: list[float], args: dict[str, Any], collection: str) -> tuple[str, dict[str, Any]]:
+        """(store method, its keyword arguments) for one query."""
+        target = args["target"]
+        thresholds = self._thresholds(args, collection)
+        if target not in _FUSED:
+            threshold = args["score_threshold"]
+            if target in thresholds:
+                threshold = max(thresholds[target], threshold if threshold is not None else -1.0)
+            return "search", {
+                "vector": vec,
+                "using": target,
+                "limit": args["k"],
+                "query_filter": args["filter"],
+                "score_threshold": threshold,
+                "exact": self.exact,
+                "hnsw_ef": self.hnsw_ef,
+                "mmr": args["mmr"],
+            }
+        kwargs: dict[str, Any] = {
+            "vectors": {IMAGE_VECTOR: vec, TEXT_VECTOR: vec},
             "limit": args["k"],
             "query_filter": args["filter"],
-            "score_threshold": args["score_threshold"],
             "exact": self.exact,
-            "hnsw_ef": self.hnsw_ef,
+            "fusion": args["fusion"],
+            "mmr": args["mmr"],
         }
+        if thresholds:
+            kwargs["score_thresholds"] = thresholds
+        if target == "hybrid":
+            if not isinstance(query, str) or is_image_query(query) or args["query_type"] == "image":
+                raise ValueError("target='hybrid' needs a text query (BM25 matches words); use 'fused' for images")
+            kwargs["text"] = query
+            if args["fusion"] == "rrf":
+                kwargs["weights"] = {
+                    IMAGE_VECTOR: self.dense_weight,
+                    TEXT_VECTOR: self.dense_weight,
+                    SPARSE_VECTOR: self.sparse_weight,
+                }
+        return "search_fused", kwargs
 
     def search(self, query: Query, **kwargs: Any) -> list[Document]:
         """Like `invoke`, but accepts image objects and per-call options directly."""
@@ -128,12 +200,9 @@ class MultimodalRetriever(BaseRetriever):
         collection = self.store.resolve(self.collection)
         self._check_model(collection)
         vec = self.embed_query(query, args["query_type"]).tolist()
-        if args["target"] == "fused":
-            points = self.store.search_fused(
-                collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
-            )
-        else:
-            points = self.store.search(collection, vec, **self._search_kwargs(args))
+        method, call = self._plan(query, vec, args, collection)
+        first = call.pop("vector" if method == "search" else "vectors")
+        points = getattr(self.store, method)(collection, first, **call)
         return self._documents(points, args, collection)
 
     async def asearch(self, query: Query, **kwargs: Any) -> list[Document]:
@@ -142,12 +211,9 @@ class MultimodalRetriever(BaseRetriever):
         await asyncio.to_thread(self._check_model, collection)
         # Model inference is CPU/GPU bound: keep it off the event loop.
         vec = (await asyncio.to_thread(self.embed_query, query, args["query_type"])).tolist()
-        if args["target"] == "fused":
-            points = await self.store.asearch_fused(
-                collection, {IMAGE_VECTOR: vec, TEXT_VECTOR: vec}, **self._search_kwargs(args)
-            )
-        else:
-            points = await self.store.asearch(collection, vec, **self._search_kwargs(args))
+        method, call = await asyncio.to_thread(self._plan, query, vec, args, collection)
+        first = call.pop("vector" if method == "search" else "vectors")
+        points = await getattr(self.store, "a" + method)(collection, first, **call)
         return await asyncio.to_thread(self._documents, points, args, collection)
 
     # --- BaseRetriever hooks ----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmrag.store.base import Store, ThreadedAsyncMixin
+from mmrag.store.base import MmrParams, Store, ThreadedAsyncMixin
 from mmrag.store.client import QdrantClientStore
 from mmrag.store.edge import BOOLEAN_FILTER_MESSAGE, RRF_K, EdgeStore, to_edge_filter
 from mmrag.store.factory import open_store
@@ -11,6 +11,7 @@ from mmrag.store.schema import (
     PAYLOAD_FIELDS,
     PAYLOAD_INDEXES,
     SCHEMA_VERSION,
+    SPARSE_VECTOR,
     TEXT_VECTOR,
     VECTOR_NAMES,
     CollectionSpec,
@@ -26,12 +27,14 @@ __all__ = [
     "CollectionSpec",
     "EdgeStore",
     "IMAGE_VECTOR",
+    "MmrParams",
     "PAYLOAD_FIELDS",
     "PAYLOAD_INDEXES",
     "QdrantClientStore",
     "RRF_K",
     "SCHEMA_VERSION",
     "SchemaMismatch",
+    "SPARSE_VECTOR",
     "TEXT_VECTOR",
     "ThreadedAsyncMixin",
     "VECTOR_NAMES",

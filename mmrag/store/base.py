@@ -9,11 +9,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from qdrant_client import models
 
 from mmrag.store.schema import CollectionSpec
+
+FusionMethod = Literal["rrf", "dbsf"]
+
+
+@dataclass(frozen=True)
+class MmrParams:
+    """Maximal marginal relevance, run by the engine over `candidates` nearest points.
+
+    `lambda_mult` follows LangChain: 1 = pure relevance, 0 = maximal diversity
+    (Qdrant's server calls the complement `diversity`).
+    """
+
+    lambda_mult: float = 0.5
+    candidates: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lambda_mult <= 1.0:
+            raise ValueError(f"MMR lambda must be within [0, 1], got {self.lambda_mult}")
+        if self.candidates < 1:
+            raise ValueError(f"MMR candidate count must be at least 1, got {self.candidates}")
 
 
 @runtime_checkable
@@ -80,19 +101,37 @@ class Store(Protocol):
         hnsw_ef: int | None = None,
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
+        mmr: MmrParams | None = None,
     ) -> list[models.ScoredPoint]:
-        """Nearest neighbours on one named vector; score is cosine similarity."""
+        """Nearest neighbours on one named vector; score is cosine similarity.
+
+        With `mmr`, the engine re-ranks the `mmr.candidates` nearest for diversity.
+        """
     def search_fused(
         self,
         name: str,
         vectors: Mapping[str, Sequence[float]],
         *,
+        text: str | None = None,
         limit: int = 10,
         query_filter: models.Filter | None = None,
         prefetch_limit: int | None = None,
         exact: bool = True,
+        fusion: FusionMethod = "rrf",
+        weights: Mapping[str, float] | None = None,
+        mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> list[models.ScoredPoint]:
-        """Prefetch on each named vector, merged with reciprocal rank fusion."""
+        """One engine query: a prefetch per named dense vector (and, with `text`, a BM25
+        prefetch on the sparse vector), each under `query_filter`, fused by the engine
+        (RRF with k=2, optionally weighted per vector name, or DBSF). With `mmr` the
+        fused candidates are re-ranked for diversity on the image vector.
+        `score_thresholds` (vector name -> minimum score) cut each prefetch's list.
+        """
+    def facet(
+        self, name: str, key: str, *, filter: models.Filter | None = None, limit: int = 10
+    ) -> list[models.FacetValueHit]:
+        """Counts of the values of the indexed payload field `key` among points matching `filter`."""
 
     async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]: ...
     async def asearch_fused(self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any) -> list[models.ScoredPoint]: ...

@@ -11,9 +11,19 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from mmrag.store.base import ThreadedAsyncMixin
-from mmrag.store.edge import default_prefetch_limit
-from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.base import FusionMethod, MmrParams, ThreadedAsyncMixin
+from mmrag.store.edge import RRF_K, bm25_document, bm25_query, default_prefetch_limit, fusion_weights
+from mmrag.store.schema import (
+    BM25_MODEL,
+    BM25_OPTIONS,
+    IMAGE_VECTOR,
+    SPARSE_VECTOR,
+    VECTOR_NAMES,
+    CollectionSpec,
+    SparseVectorMissing,
+    bm25_input,
+    missing_sparse_message,
+)
 
 try:
     from qdrant_client.local.qdrant_local import QdrantLocal
@@ -70,6 +80,9 @@ class QdrantClientStore(ThreadedAsyncMixin):
             vectors_config={
                 name: models.VectorParams(size=spec.dim, distance=models.Distance.COSINE) for name in VECTOR_NAMES
             },
+            sparse_vectors_config=(
+                {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)} if spec.has_sparse else None
+            ),
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
             metadata=spec.to_metadata(),
@@ -126,9 +139,34 @@ class QdrantClientStore(ThreadedAsyncMixin):
         return self.get_aliases().get(name, name)
 
     # --- points --------------------------------------------------------------------
+    def _sparse_in(self, doc: models.Document) -> models.Document | models.SparseVector:
+        """BM25 text for the engine: server-side inference on a server; local mode has no
+        inference service (it would need fastembed), so it uses the same Qdrant BM25 from qdrant-edge."""
+        if self._local:
+            vec = bm25_document(doc)
+            return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
+        return models.Document(text=bm25_input(doc.text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
+
+    def _sparse_query(self, text: str) -> models.Document | models.SparseVector:
+        if self._local:
+            vec = bm25_query(text)
+            return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
+        return models.Document(text=bm25_input(text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
+
+    def _point_in(self, point: models.PointStruct) -> models.PointStruct:
+        vector = point.vector
+        if not isinstance(vector, dict) or not any(isinstance(v, models.Document) for v in vector.values()):
+            return point
+        vectors = {k: self._sparse_in(v) if isinstance(v, models.Document) else v for k, v in vector.items()}
+        return models.PointStruct(id=point.id, vector=vectors, payload=point.payload)
+
+    def _has_sparse(self, name: str) -> bool:
+        info = self.client.get_collection(self.resolve(name))
+        return bool(info.config.params.sparse_vectors and SPARSE_VECTOR in info.config.params.sparse_vectors)
+
     def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
         if points:
-            self.client.upsert(name, points=list(points), wait=True)
+            self.client.upsert(name, points=[self._point_in(p) for p in points], wait=True)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if ids:
@@ -193,9 +231,11 @@ class QdrantClientStore(ThreadedAsyncMixin):
         hnsw_ef: int | None = None,
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
+        mmr: MmrParams | None = None,
     ) -> dict[str, Any]:
+        dense = [float(v) for v in vector]
         return dict(
-            query=[float(v) for v in vector],
+            query=_nearest(dense, mmr),
             using=using,
             limit=limit,
             query_filter=query_filter,
@@ -207,23 +247,52 @@ class QdrantClientStore(ThreadedAsyncMixin):
 
     def _fused_kwargs(
         self,
+        name: str,
         vectors: Mapping[str, Sequence[float]],
         *,
+        text: str | None = None,
         limit: int = 10,
         query_filter: models.Filter | None = None,
         prefetch_limit: int | None = None,
         exact: bool = True,
+        fusion: FusionMethod = "rrf",
+        weights: Mapping[str, float] | None = None,
+        mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
-        per_vector = prefetch_limit if prefetch_limit is not None else default_prefetch_limit(limit)
+        if text is not None and not self._has_sparse(name):
+            raise SparseVectorMissing(missing_sparse_message(self.resolve(name)))
+        fused_limit = max(limit, mmr.candidates) if mmr is not None else limit
+        per_vector = prefetch_limit if prefetch_limit is not None else default_prefetch_limit(fused_limit)
         params = self._search_params(exact, None)
+        queries: dict[str, Any] = {vector_name: [float(v) for v in vec] for vector_name, vec in vectors.items()}
+        if text is not None:
+            queries[SPARSE_VECTOR] = self._sparse_query(text)
+        # the filter goes inside every prefetch, not only on the fused result
+        prefetch = [
+            models.Prefetch(
+                query=query,
+                using=vector_name,
+                limit=per_vector,
+                filter=query_filter,
+                params=params,
+                score_threshold=(score_thresholds or {}).get(vector_name),
+            )
+            for vector_name, query in queries.items()
+        ]
+        fuse = fusion_weights(list(queries), fusion, weights)
+        fusion_query: Any = (
+            models.FusionQuery(fusion=models.Fusion.DBSF)
+            if fusion == "dbsf"
+            else models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=fuse))
+        )
+        if mmr is None:
+            return dict(prefetch=prefetch, query=fusion_query, query_filter=query_filter, limit=limit, with_payload=True)
+        mmr_using = IMAGE_VECTOR if IMAGE_VECTOR in vectors else next(iter(vectors))
         return dict(
-            prefetch=[
-                models.Prefetch(
-                    query=[float(v) for v in vec], using=vector_name, limit=per_vector, filter=query_filter, params=params
-                )
-                for vector_name, vec in vectors.items()
-            ],
-            query=models.FusionQuery(fusion=models.Fusion.RRF),
+            prefetch=[models.Prefetch(prefetch=prefetch, query=fusion_query, limit=mmr.candidates, filter=query_filter)],
+            query=_nearest([float(v) for v in vectors[mmr_using]], mmr),
+            using=mmr_using,
             query_filter=query_filter,
             limit=limit,
             with_payload=True,
@@ -242,6 +311,7 @@ class QdrantClientStore(ThreadedAsyncMixin):
         hnsw_ef: int | None = None,
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
+        mmr: MmrParams | None = None,
     ) -> list[models.ScoredPoint]:
         """Nearest neighbours on the named vector `using`; score is cosine similarity."""
         kwargs = self._search_kwargs(
@@ -254,24 +324,21 @@ class QdrantClientStore(ThreadedAsyncMixin):
             hnsw_ef=hnsw_ef,
             with_payload=with_payload,
             with_vectors=with_vectors,
+            mmr=mmr,
         )
         return self.client.query_points(name, **kwargs).points
 
     def search_fused(
-        self,
-        name: str,
-        vectors: Mapping[str, Sequence[float]],
-        *,
-        limit: int = 10,
-        query_filter: models.Filter | None = None,
-        prefetch_limit: int | None = None,
-        exact: bool = True,
+        self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
     ) -> list[models.ScoredPoint]:
-        """A prefetch per named vector, fused by RRF with the server's default k (2)."""
-        kwargs = self._fused_kwargs(
-            vectors, limit=limit, query_filter=query_filter, prefetch_limit=prefetch_limit, exact=exact
-        )
-        return self.client.query_points(name, **kwargs).points
+        """A prefetch per named vector (and BM25 with `text`), fused by the engine; see `Store.search_fused`."""
+        return self.client.query_points(name, **self._fused_kwargs(name, vectors, **kwargs)).points
+
+    def facet(
+        self, name: str, key: str, *, filter: models.Filter | None = None, limit: int = 10
+    ) -> list[models.FacetValueHit]:
+        response = self.client.facet(self.resolve(name), key, facet_filter=filter, limit=limit, exact=True)
+        return list(response.hits)
 
     async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]:
         if self.async_client is None:
@@ -284,7 +351,7 @@ class QdrantClientStore(ThreadedAsyncMixin):
     ) -> list[models.ScoredPoint]:
         if self.async_client is None:
             return await super().asearch_fused(name, vectors, **kwargs)
-        response = await self.async_client.query_points(name, **self._fused_kwargs(vectors, **kwargs))
+        response = await self.async_client.query_points(name, **self._fused_kwargs(name, vectors, **kwargs))
         return response.points
 
     def optimize(self, name: str) -> None:
@@ -298,6 +365,15 @@ class QdrantClientStore(ThreadedAsyncMixin):
         if self.async_client is not None:
             await self.async_client.close()
         self.client.close()
+
+
+def _nearest(vector: list[float], mmr: MmrParams | None) -> Any:
+    if mmr is None:
+        return vector
+    # Qdrant's `diversity` is the complement of LangChain's lambda (1 = relevance only)
+    return models.NearestQuery(
+        nearest=vector, mmr=models.Mmr(diversity=1.0 - mmr.lambda_mult, candidates_limit=mmr.candidates)
+    )
 
 
 def _selector(value: bool | Sequence[str]) -> bool | list[str]:

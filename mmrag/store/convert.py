@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import models
 
-from mmrag.store.schema import IMAGE_VECTOR, PAYLOAD_FIELDS, TEXT_VECTOR
+from mmrag.store.schema import BM25_MODEL, IMAGE_VECTOR, PAYLOAD_FIELDS, SPARSE_VECTOR, TEXT_VECTOR
 
 # Fixed forever: changing it would change every point id of every existing collection.
 MMRAG_NAMESPACE: uuid.UUID = uuid.UUID("831e4cc0-c18d-5d78-a9a9-141a47355af4")
@@ -225,8 +225,12 @@ def build_point(
     payload: Mapping[str, Any],
     *,
     dim: int | None = None,
+    sparse_text: str | None = None,
 ) -> models.PointStruct:
     """A point with named vectors {"image": ..., "text": ...} ("text" only when given).
+
+    `sparse_text` becomes the "bm25" vector as a `models.Document`: the store has the
+    engine compute BM25 from it (qdrant-edge's Bm25, or a server's inference).
 
     Vectors must be 1-D, finite, of equal length (and of length `dim` when given).
     A payload "path" that disagrees with `rel_path` is refused: it would orphan the id.
@@ -241,4 +245,7 @@ def build_point(
         expected = dim if dim is not None else len(vectors[IMAGE_VECTOR])
         if len(values) != expected:
             raise ValueError(f"{name} vector of {path!r} has {len(values)} dimensions, expected {expected}")
-    return models.PointStruct(id=point_id(path), vector=vectors, payload=dict(payload))
+    named: dict[str, Any] = dict(vectors)
+    if sparse_text is not None and sparse_text.strip():
+        named[SPARSE_VECTOR] = models.Document(text=sparse_text, model=BM25_MODEL)
+    return models.PointStruct(id=point_id(path), vector=named, payload=dict(payload))

@@ -46,8 +46,18 @@ from qdrant_client import models
 
 from mmrag.errors import LockHeldError, RunFailed
 from mmrag.flock import describe_holder, process_holder, release, try_lock
-from mmrag.store.base import ThreadedAsyncMixin
-from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
+from mmrag.store.base import FusionMethod, MmrParams, ThreadedAsyncMixin
+from mmrag.store.schema import (
+    BM25_MODEL,
+    IMAGE_VECTOR,
+    PAYLOAD_INDEXES,
+    SPARSE_VECTOR,
+    VECTOR_NAMES,
+    CollectionSpec,
+    SparseVectorMissing,
+    bm25_input,
+    missing_sparse_message,
+)
 from mmrag.store.space import CREATE_BYTES, DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
@@ -310,14 +320,50 @@ def to_edge_filter(flt: models.Filter | None) -> Any:
     )
 
 
-def _named_vectors(point: models.PointStruct) -> dict[str, list[float]]:
+_BM25: Any = None
+_BM25_LOCK = threading.Lock()
+
+
+def bm25() -> Any:
+    """The engine's BM25 model (qdrant-edge's, the same tokenizer and weights as a Qdrant server's)."""
+    global _BM25
+    with _BM25_LOCK:
+        if _BM25 is None:
+            _BM25 = qe.Bm25(qe.Bm25Config(tokenizer=qe.TokenizerType.Multilingual))
+        return _BM25
+
+
+def _check_bm25(doc: models.Document) -> None:
+    if doc.model.lower() != BM25_MODEL.lower():
+        raise ValueError(f"the embedded store computes only {BM25_MODEL!r} documents, got model {doc.model!r}")
+
+
+def bm25_document(doc: models.Document) -> Any:
+    """A `models.Document` to index -> the qdrant_edge sparse vector BM25 makes of it."""
+    _check_bm25(doc)
+    return bm25().embed_document(bm25_input(doc.text))
+
+
+def bm25_query(text: str) -> Any:
+    return bm25().embed_query(bm25_input(text))
+
+
+def _edge_vector(name: str, values: Any) -> Any:
+    if isinstance(values, models.Document):
+        return bm25_document(values)
+    if isinstance(values, models.SparseVector):
+        return qe.SparseVector(list(values.indices), list(values.values))
+    # PointStruct has already validated dense ones as lists of floats
+    return values if isinstance(values, list) else list(values)
+
+
+def _named_vectors(point: models.PointStruct) -> dict[str, Any]:
     vector = point.vector
     if not isinstance(vector, dict):
         raise ValueError(
             f"point {point.id!r}: mmrag collections use named vectors {VECTOR_NAMES}; pass a dict, got {type(vector).__name__}"
         )
-    # PointStruct has already validated these as lists of floats
-    return {name: values if isinstance(values, list) else list(values) for name, values in vector.items()}
+    return {name: _edge_vector(name, values) for name, values in vector.items()}
 
 
 def to_edge_point(point: models.PointStruct) -> Any:
@@ -342,7 +388,9 @@ def _vector_out(vector: Any) -> Any:
     if vector is None:
         return None
     if isinstance(vector, dict):
-        return {name: list(values) for name, values in vector.items()}
+        return {name: _vector_out(values) for name, values in vector.items()}
+    if isinstance(vector, qe.SparseVector):
+        return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
     return list(vector)
 
 
@@ -477,6 +525,15 @@ class EdgeStore(ThreadedAsyncMixin):
     def _vector_params(self, dim: int) -> dict[str, Any]:
         return {name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in VECTOR_NAMES}
 
+    @staticmethod
+    def _sparse_params(has_sparse: bool) -> dict[str, Any] | None:
+        # IDF from the collection's own statistics, applied at query time
+        return {SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if has_sparse else None
+
+    def _has_sparse(self, name: str) -> bool:
+        meta = self._read_meta(self.resolve(name)) or {}
+        return bool(meta.get("sparse_vectors"))
+
     def _shard(self, name: str, *, write: bool = False) -> Any:
         """The open shard of collection `name` (an alias is resolved first).
 
@@ -499,6 +556,7 @@ class EdgeStore(ThreadedAsyncMixin):
                 # vectors must be restated whenever a config is given; they are checked against the shard
                 config = qe.EdgeConfig(
                     vectors=self._vector_params(int(meta["metadata"]["dim"])),
+                    sparse_vectors=self._sparse_params(bool(meta.get("sparse_vectors"))),
                     max_search_threads=self.max_search_threads,
                 )
             shard_dir = self._collection_dir(name) / "shard"
@@ -559,6 +617,7 @@ class EdgeStore(ThreadedAsyncMixin):
             try:
                 config = qe.EdgeConfig(
                     vectors=self._vector_params(spec.dim),
+                    sparse_vectors=self._sparse_params(spec.has_sparse),
                     hnsw_config=qe.HnswIndexConfig(**self._hnsw),
                     optimizers=(
                         qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
@@ -580,6 +639,7 @@ class EdgeStore(ThreadedAsyncMixin):
                         "metadata": spec.to_metadata(),
                         "payload_indexes": {k: _schema_value(v) for k, v in spec.payload_indexes.items()},
                         "vectors": {name: spec.dim for name in VECTOR_NAMES},
+                        **({"sparse_vectors": {SPARSE_VECTOR: "idf"}} if spec.has_sparse else {}),
                     },
                 )
                 os.rename(tmp_dir, final_dir)
@@ -786,10 +846,17 @@ class EdgeStore(ThreadedAsyncMixin):
         hnsw_ef: int | None = None,
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
+        mmr: MmrParams | None = None,
     ) -> list[models.ScoredPoint]:
+        dense = [float(v) for v in vector]
+        query = (
+            qe.Mmr(dense, mmr.lambda_mult, mmr.candidates, using=using)
+            if mmr is not None
+            else qe.Query.Nearest(dense, using=using)
+        )
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest([float(v) for v in vector], using=using),
+            query=query,
             filter=to_edge_filter(query_filter),
             score_threshold=score_threshold,
             params=self._params(exact, hnsw_ef),
@@ -805,31 +872,71 @@ class EdgeStore(ThreadedAsyncMixin):
         name: str,
         vectors: Mapping[str, Sequence[float]],
         *,
+        text: str | None = None,
         limit: int = 10,
         query_filter: models.Filter | None = None,
         prefetch_limit: int | None = None,
         exact: bool = True,
+        fusion: FusionMethod = "rrf",
+        weights: Mapping[str, float] | None = None,
+        mmr: MmrParams | None = None,
+        score_thresholds: Mapping[str, float] | None = None,
     ) -> list[models.ScoredPoint]:
-        """One query: a prefetch per named vector, fused by RRF (k=2, like the Qdrant server)."""
+        """One engine query: a prefetch per vector (BM25 too when `text` is given), fused by the engine."""
+        if text is not None and not self._has_sparse(name):
+            raise SparseVectorMissing(missing_sparse_message(self.resolve(name)))
         edge_filter = to_edge_filter(query_filter)
-        per_vector = prefetch_limit if prefetch_limit is not None else default_prefetch_limit(limit)
+        fused_limit = max(limit, mmr.candidates) if mmr is not None else limit
+        per_vector = prefetch_limit if prefetch_limit is not None else default_prefetch_limit(fused_limit)
+        queries: dict[str, Any] = {
+            vector_name: qe.Query.Nearest([float(v) for v in vec], using=vector_name)
+            for vector_name, vec in vectors.items()
+        }
+        if text is not None:
+            queries[SPARSE_VECTOR] = qe.Query.Nearest(bm25_query(text), using=SPARSE_VECTOR)
+        # the filter goes inside every prefetch: a prefetch without it would fill its
+        # candidate list with points the final filter then throws away
         prefetches = [
             qe.Prefetch(
                 limit=per_vector,
-                query=qe.Query.Nearest([float(v) for v in vec], using=vector_name),
+                query=query,
                 params=self._params(exact, None),
                 filter=edge_filter,
+                score_threshold=(score_thresholds or {}).get(vector_name),
             )
-            for vector_name, vec in vectors.items()
+            for vector_name, query in queries.items()
         ]
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Fusion.Rrf(k=RRF_K),
-            prefetches=prefetches,
-            filter=edge_filter,
-            with_payload=True,
-        )
+        fuse = fusion_weights(list(queries), fusion, weights)
+        fusion_query = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=RRF_K, weights=fuse)
+        if mmr is None:
+            request = qe.QueryRequest(
+                limit=limit, query=fusion_query, prefetches=prefetches, filter=edge_filter, with_payload=True
+            )
+        else:
+            mmr_vector = vectors.get(IMAGE_VECTOR) or next(iter(vectors.values()))
+            mmr_using = IMAGE_VECTOR if IMAGE_VECTOR in vectors else next(iter(vectors))
+            request = qe.QueryRequest(
+                limit=limit,
+                query=qe.Mmr([float(v) for v in mmr_vector], mmr.lambda_mult, mmr.candidates, using=mmr_using),
+                prefetches=[qe.Prefetch(limit=mmr.candidates, query=fusion_query, prefetches=prefetches, filter=edge_filter)],
+                filter=edge_filter,
+                with_payload=True,
+            )
         return [to_scored_point(p) for p in self._shard(name).query(request)]
+
+    def facet(
+        self, name: str, key: str, *, filter: models.Filter | None = None, limit: int = 10
+    ) -> list[models.FacetValueHit]:
+        try:
+            response = self._shard(name).facet(
+                qe.FacetRequest(key, limit=limit, exact=True, filter=to_edge_filter(filter))
+            )
+        except Exception as exc:
+            if "No appropriate index" in str(exc):
+                raise ValueError(f"cannot count values of {key!r}: it has no payload index (facets need a keyword "
+                                 f"or integer index; mmrag indexes {sorted(PAYLOAD_INDEXES)})") from exc
+            raise
+        return [models.FacetValueHit(value=h.value, count=int(h.count)) for h in response.hits]
 
     def optimize(self, name: str) -> None:
         """Merge segments and build the HNSW index now, blocking until done.
@@ -872,6 +979,22 @@ def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
                 f"collection {name!r} returned score {hit.score!r} for point {hit.id}, impossible for a cosine "
                 f"similarity: its vector files are damaged. Rebuild it (`mmrag reindex {name} --rebuild`)."
             )
+
+
+def fusion_weights(
+    names: Sequence[str], fusion: FusionMethod, weights: Mapping[str, float] | None
+) -> list[float] | None:
+    """Per-prefetch RRF weights in prefetch order (None: all equal); DBSF takes none."""
+    if fusion not in ("rrf", "dbsf"):
+        raise ValueError(f"fusion must be 'rrf' or 'dbsf', not {fusion!r}")
+    if not weights:
+        return None
+    if fusion == "dbsf":
+        raise ValueError("fusion weights apply to RRF only; DBSF normalises each list's scores itself")
+    unknown = set(weights) - set(names)
+    if unknown:
+        raise ValueError(f"fusion weights name vectors that are not searched: {sorted(unknown)}")
+    return [float(weights.get(n, 1.0)) for n in names]
 
 
 def default_prefetch_limit(limit: int) -> int:

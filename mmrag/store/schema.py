@@ -7,7 +7,8 @@ says how to fix the problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,27 @@ SCHEMA_VERSION = 1
 IMAGE_VECTOR = "image"
 TEXT_VECTOR = "text"
 VECTOR_NAMES = (IMAGE_VECTOR, TEXT_VECTOR)
+
+# The sparse vector: BM25 of the caption (and of manifest text fields the user names),
+# computed by the engine itself (qdrant-edge's Bm25 embedded, server-side inference on a
+# server) and stored with the IDF modifier, so term weights follow the collection.
+SPARSE_VECTOR = "bm25"
+BM25_MODEL = "Qdrant/bm25"
+# The multilingual tokenizer splits Chinese into words; the default one keeps a whole
+# Chinese sentence as one token, so no Chinese keyword would ever match.
+BM25_OPTIONS: dict[str, Any] = {"tokenizer": "multilingual"}
+DEFAULT_SPARSE_FIELDS = ("caption",)
+_NUMBER = re.compile(r"\b(\d+)\b")
+
+
+def bm25_input(text: str) -> str:
+    """Text as handed to the engine's BM25, documents and queries alike.
+
+    The multilingual tokenizer drops tokens made only of digits, so the "7157" of a
+    catalogue number "YR-7157" would vanish (and "YR" alone is not unique); prefixing
+    standalone numbers with "n" keeps them as words on both sides.
+    """
+    return _NUMBER.sub(r"n\1", text)
 
 # Payload fields written for every point (manifest metadata is added beside them).
 PAYLOAD_FIELDS = (
@@ -64,15 +86,25 @@ class CollectionSpec:
     quantization: str | None = None
     payload_indexes: Mapping[str, models.PayloadSchemaType] = field(default_factory=lambda: dict(PAYLOAD_INDEXES))
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Payload fields whose text feeds the BM25 vector; None: the collection has no sparse
+    # vector (made before it existed) and answers dense searches only.
+    sparse_fields: tuple[str, ...] | None = DEFAULT_SPARSE_FIELDS
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.sparse_fields is not None
 
     def to_metadata(self) -> dict[str, Any]:
-        return {
+        md: dict[str, Any] = {
             "mmrag_schema_version": self.schema_version,
             "model_id": self.model_id,
             "dim": self.dim,
             "quantization": self.quantization,
             **{k: v for k, v in self.extra.items()},
         }
+        if self.sparse_fields is not None:
+            md["sparse"] = {"vector": SPARSE_VECTOR, "model": BM25_MODEL, "fields": list(self.sparse_fields)}
+        return md
 
     @classmethod
     def from_metadata(cls, name: str, metadata: Mapping[str, Any] | None) -> CollectionSpec:
@@ -82,7 +114,8 @@ class CollectionSpec:
                 f"collection {name!r} was not created by mmrag (no 'mmrag_schema_version' in its metadata). "
                 f"Use another collection name (--collection / MMRAG_COLLECTION), or delete it if it is disposable."
             )
-        known = {"mmrag_schema_version", "model_id", "dim", "quantization"}
+        known = {"mmrag_schema_version", "model_id", "dim", "quantization", "sparse"}
+        sparse = md.get("sparse")
         return cls(
             name=name,
             dim=int(md["dim"]),
@@ -90,6 +123,7 @@ class CollectionSpec:
             schema_version=int(md["mmrag_schema_version"]),
             quantization=md.get("quantization"),
             extra={k: v for k, v in md.items() if k not in known},
+            sparse_fields=tuple(sparse["fields"]) if isinstance(sparse, Mapping) else None,
         )
 
 
@@ -139,3 +173,25 @@ def check_model(existing: CollectionSpec | None, model: Any) -> None:
         quantization=getattr(model, "quantization", None),
     )
     check_compatible(existing, wanted)
+
+
+def missing_sparse_message(name: str) -> str:
+    return (
+        f"collection {name!r} has no BM25 sparse vector (it was built before mmrag had one), so "
+        f"target='hybrid' cannot search it; dense targets (image, text, fused) still work. "
+        f"Add it with `mmrag reindex {name} --rebuild`."
+    )
+
+
+class SparseVectorMissing(UsageError):
+    """Hybrid search on a collection made without the sparse vector."""
+
+
+def sparse_text(payload: Mapping[str, Any], fields: Sequence[str]) -> str | None:
+    """The text BM25 indexes for a point: the named payload fields, lists flattened, joined by newlines."""
+    parts: list[str] = []
+    for key in fields:
+        value = payload.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        parts.extend(str(v) for v in values if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip())
+    return "\n".join(parts) or None

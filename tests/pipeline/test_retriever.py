@@ -159,7 +159,8 @@ def test_embeddings_share_the_image_space(tiny_embedder, tmp_path):
     img = Image.new("RGB", (20, 20), (1, 2, 3))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    np.testing.assert_allclose(e.embed_image(buf.getvalue()), tiny_embedder.embed_images([img])[0], atol=1e-6)
+    np.testing.assert_allclose(e.embed_query_image(buf.getvalue()), tiny_embedder.embed_images([img])[0], atol=1e-6)
+    np.testing.assert_allclose(e.embed_image(uris=[buf.getvalue()])[0], tiny_embedder.embed_images([img])[0], atol=1e-6)
     np.testing.assert_allclose(e.embed_query("hi"), tiny_embedder.embed_texts(["hi"])[0], atol=1e-6)
     assert e.embed_documents([]) == []
 
