@@ -62,10 +62,20 @@ def estimate_points_bytes(points: Sequence[Any]) -> int:
     total = 0
     for point in points:
         vectors = point.vector if isinstance(point.vector, dict) else {"": point.vector}
-        vector_bytes = sum(4 * len(v) for v in vectors.values() if v is not None)
+        vector_bytes = sum(_vector_bytes(v) for v in vectors.values() if v is not None)
         payload_bytes = len(json.dumps(point.payload or {}, default=str))
         total += 2 * (vector_bytes + payload_bytes) + 256
     return total
+
+
+def _vector_bytes(vector: Any) -> int:
+    if isinstance(vector, (list, tuple)):
+        return 4 * len(vector)
+    indices = getattr(vector, "indices", None)  # a sparse vector: an index and a value per term
+    if indices is not None:
+        return 8 * len(indices)
+    text = getattr(vector, "text", None)  # a Document the engine turns into BM25: about a term per word
+    return 8 * len(str(text or "").split()) + 64
 
 
 def is_enospc(exc: BaseException) -> bool:
