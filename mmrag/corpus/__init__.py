@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, load_rgb, to_rgb
+from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, image_to_rgb, load_rgb, to_rgb
 from mmrag.corpus.manifest import read_manifest
 from mmrag.corpus.scan import IMAGE_EXTENSIONS, scan_folder, sidecar_caption, sniff_image_signature
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
@@ -20,6 +20,7 @@ __all__ = [
     "decode_image",
     "decode_stream",
     "iter_corpus",
+    "image_to_rgb",
     "load_rgb",
     "read_manifest",
     "scan_folder",

@@ -353,29 +353,56 @@ def _decode_bytes(
         if width * height > max_image_pixels:
             raise ImageDecodeError(_bomb_reason(width, height, max_image_pixels))
 
-        if draft_size and fmt in _JPEG_FORMATS:
-            # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= draft_size.
-            img.draft("RGB", (draft_size, draft_size))
-        try:
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(f"decompression bomb: {exc}") from exc
-        except Exception as exc:
-            raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
-
-        orientation = _orientation(img)
-        if orientation in _SWAPPING_ORIENTATIONS:
+        rgb, swapped = _oriented_rgb(img, fmt, draft_size)
+        if swapped:  # width/height as displayed
             width, height = height, width
-        oriented = _apply_orientation(img, orientation)
-        try:
-            rgb = to_rgb(oriented, source_format=fmt)
-        except Exception as exc:
-            raise ImageDecodeError(
-                f"unreadable: cannot convert mode {oriented.mode} to RGB ({_describe(exc)})"
-            ) from exc
         if rgb is img:
             rgb = img.copy()  # closing the file would invalidate the pixels of `img` itself
     return rgb, fmt, (width, height)
+
+
+def _oriented_rgb(img: Image.Image, fmt: str, draft_size: int | None) -> tuple[Image.Image, bool]:
+    """Draft (JPEG), load, EXIF orientation, colour rules: the steps after `Image.open`, shared by every path.
+
+    Returns (RGB image, whether the orientation swapped width and height).
+    """
+    if draft_size and fmt in _JPEG_FORMATS and getattr(img, "tile", None):
+        # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= draft_size.
+        # Only while the pixels are still undecoded (`tile` set): afterwards draft is a no-op.
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
+
+    orientation = _orientation(img)
+    oriented = _apply_orientation(img, orientation)
+    try:
+        rgb = to_rgb(oriented, source_format=fmt)
+    except Exception as exc:
+        raise ImageDecodeError(f"unreadable: cannot convert mode {oriented.mode} to RGB ({_describe(exc)})") from exc
+    return rgb, orientation in _SWAPPING_ORIENTATIONS
+
+
+def image_to_rgb(image: Image.Image, *, draft_size: int | None = None) -> Image.Image:
+    """An in-memory PIL image through ingestion's rules: EXIF orientation, alpha on white, 16-bit, ...
+
+    The one rule for PIL images handed to us (classify, fine-tuning, queries, transforms).
+    A JPEG opened but not yet loaded gets the same draft decoding as ingestion with the same
+    `draft_size`; an image already loaded is used at the size it has. Raises ImageDecodeError.
+    """
+    fmt = image.format or ""
+    if draft_size and fmt in _JPEG_FORMATS and getattr(image, "tile", None) and getattr(image, "filename", ""):
+        # Re-open the file rather than drafting the caller's object in place.
+        return load_rgb(Path(image.filename), draft_size=draft_size)
+    if image.mode == "RGB" and "transparency" not in image.info and not _orientation(image) > 1:
+        if getattr(image, "tile", None):
+            image.load()
+        return image
+    rgb, _ = _oriented_rgb(image, fmt, draft_size)
+    return rgb
 
 
 def _orientation(img: Image.Image) -> int:

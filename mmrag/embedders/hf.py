@@ -132,7 +132,6 @@ class HFClipEmbedder:
         with quiet_transformers():
             processor = AutoProcessor.from_pretrained(source)
         self.image_processor = processor.image_processor
-        self._processor_converts_rgb = bool(getattr(self.image_processor, "do_convert_rgb", False))
         # The processor's own steps as a picklable table-driven transform, when they allow it.
         self.transform = ClipTransform.from_processor(self.image_processor)
         self.tokenizer = processor.tokenizer
@@ -185,10 +184,9 @@ class HFClipEmbedder:
         # Bit-identical to the model's image processor (tested); thread-safe, no state.
         if self.transform is not None:
             return self.transform(image)
-        # A processor the transform cannot mirror: call it as is. Non-RGB input is left to
-        # its own conversion unless it was configured not to convert.
-        if image.mode != "RGB" and not self._processor_converts_rgb:
-            image = ensure_rgb(image)
+        # A processor the transform cannot mirror: call it on RGB made by ingestion's rule,
+        # never by the processor's own conversion (a second rule).
+        image = ensure_rgb(image)
         batch = self.image_processor(images=image, return_tensors="np")
         return np.asarray(batch["pixel_values"][0], dtype=np.float32)
 

@@ -25,22 +25,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+from mmrag.corpus.decode import to_rgb
 
 
 def ensure_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of an image; transparency is composited onto white.
+    """RGB version of an image by ingestion's colour rule (`mmrag.corpus.decode.to_rgb`).
 
-    This matches transformers' PIL-backend `convert_rgb`.
+    Transparency on white, 16-bit scaled rather than clipped: the one rule, so an image
+    preprocessed here and one decoded by ingestion give the same pixels.
     """
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    return to_rgb(image)
 
 
 @dataclass(frozen=True, eq=False)

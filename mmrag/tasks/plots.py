@@ -57,15 +57,12 @@ def _thumbnail(source: str | os.PathLike[str] | Image.Image | None) -> Image.Ima
     """RGB thumbnail of a path or PIL image; None when there is none or it cannot be read."""
     if source is None:
         return None
-    if isinstance(source, Image.Image):
-        img = source.convert("RGB")
-    else:
-        from mmrag.corpus import ImageDecodeError, load_rgb
+    from mmrag.corpus import ImageDecodeError, image_to_rgb, load_rgb
 
-        try:
-            img = load_rgb(Path(source))
-        except (ImageDecodeError, OSError, ValueError):
-            return None
+    try:
+        img = image_to_rgb(source) if isinstance(source, Image.Image) else load_rgb(Path(source))
+    except (ImageDecodeError, OSError, ValueError):
+        return None
     img = img.copy()
     img.thumbnail((THUMBNAIL, THUMBNAIL))
     return img

@@ -234,6 +234,5 @@ def test_ensure_rgb_composites_alpha_on_white() -> None:
 
 def test_preprocess_converts_when_processor_does_not(embedder: HFClipEmbedder, monkeypatch) -> None:
     gray = _image((20, 10), "L")
-    monkeypatch.setattr(embedder, "_processor_converts_rgb", False)
     monkeypatch.setattr(embedder.image_processor, "do_convert_rgb", False)
     np.testing.assert_array_equal(embedder.preprocess(gray), embedder.preprocess(gray.convert("RGB")))
