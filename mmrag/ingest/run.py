@@ -30,7 +30,7 @@ from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
-from mmrag.store.schema import CollectionSpec, SchemaMismatch, check_compatible
+from mmrag.store.schema import DRAFT_SIZE_KEY, CollectionSpec, SchemaMismatch, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,12 @@ def run_ingest(
     target = ensure_collection(store, embedder, collection)
     report.collection = target
     corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    # Retrievers decode query JPEGs with the same draft size, so a stored file finds itself.
+    meta: dict[str, Any] = {DRAFT_SIZE_KEY: opts.draft_size or 0}
     if corpus_root is not None:
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
-        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+        meta["corpus_root"] = str(Path(corpus_root).resolve())
+    store.update_metadata(target, meta)
     if tagger is None and tag_labels:
         from mmrag.tasks.tagging import make_ingest_tagger
 

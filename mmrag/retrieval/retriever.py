@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from mmrag.retrieval.documents import document_from_point
 from mmrag.retrieval.queries import Query, Target, is_image_query, load_query_image
 from mmrag.store.filters import filter_from_dict, merge_filters
-from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR
+from mmrag.store.schema import DRAFT_SIZE_KEY, IMAGE_VECTOR, TEXT_VECTOR
 
 
 class MultimodalRetriever(BaseRetriever):
@@ -47,14 +47,19 @@ class MultimodalRetriever(BaseRetriever):
     exact: bool = True
     hnsw_ef: int | None = None
     query_type: Literal["auto", "text", "image"] = "auto"
+    # JPEG draft size for image queries; None: the one the collection was ingested with.
+    draft_size: int | None = None
 
     _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
+    _draft_cache: dict[str, int | None] = PrivateAttr(default_factory=dict)
 
     # --- query embedding --------------------------------------------------------------
-    def embed_query(self, query: Query, query_type: str | None = None) -> np.ndarray:
+    def embed_query(self, query: Query, query_type: str | None = None, *, draft_size: int | None = None) -> np.ndarray:
         kind = query_type or self.query_type
         if kind == "image" or (kind == "auto" and is_image_query(query)):
-            return self.embedder.embed_images([load_query_image(query)])[0]
+            if draft_size is None:
+                draft_size = self._draft_size(self.store.resolve(self.collection))
+            return self.embedder.embed_images([load_query_image(query, draft_size=draft_size)])[0]
         if not isinstance(query, str):
             raise TypeError(f"a text query must be a str, got {type(query).__name__}")
         return self.embedder.embed_texts([query])[0]
@@ -102,6 +107,16 @@ class MultimodalRetriever(BaseRetriever):
             root = (spec.extra or {}).get("corpus_root") if spec else None
             self._root_cache[collection] = Path(root) if root else None
         return self._root_cache[collection]
+
+    def _draft_size(self, collection: str) -> int | None:
+        """Decode query JPEGs as ingestion decoded the stored ones (recorded in the collection)."""
+        if self.draft_size is not None:
+            return self.draft_size or None
+        if collection not in self._draft_cache:
+            spec = self.store.get_spec(collection)
+            recorded = (spec.extra or {}).get(DRAFT_SIZE_KEY) if spec else None
+            self._draft_cache[collection] = int(recorded) if recorded else None
+        return self._draft_cache[collection]
 
     def _search_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
         if args["target"] == "fused":
