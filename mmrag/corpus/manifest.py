@@ -26,6 +26,7 @@ from typing import Any
 
 from mmrag.corpus.scan import to_rel_path
 from mmrag.corpus.types import CorpusItem, SkippedFile
+from mmrag.values import rfc3339
 
 PATH_COLUMN = "path"
 CAPTION_COLUMN = "caption"
@@ -218,8 +219,10 @@ def json_safe(value: Any) -> Any:
         return value if math.isfinite(value) else _DROP
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else _DROP
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
+    if isinstance(value, dt.datetime):
+        return rfc3339(value)  # the payload rule: UTC, naive read as UTC
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()  # a calendar date is not a moment: as the payload converter writes it
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -112,3 +112,8 @@ class ThreadedAsyncMixin:
         self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
     ) -> list[models.ScoredPoint]:
         return await asyncio.to_thread(self.search_fused, name, vectors, **kwargs)  # type: ignore[attr-defined]
+
+
+def default_prefetch_limit(limit: int) -> int:
+    """Candidates fetched per named vector before fusion when the caller does not say (every backend)."""
+    return max(limit * 3, 10)

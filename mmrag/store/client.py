@@ -11,8 +11,7 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from mmrag.store.base import ThreadedAsyncMixin
-from mmrag.store.edge import default_prefetch_limit
+from mmrag.store.base import ThreadedAsyncMixin, default_prefetch_limit
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
 
 try:

@@ -34,8 +34,9 @@ from typing import Any
 import qdrant_edge as qe
 from qdrant_client import models
 
-from mmrag.store.base import ThreadedAsyncMixin
+from mmrag.store.base import ThreadedAsyncMixin, default_prefetch_limit
 from mmrag.store.schema import VECTOR_NAMES, CollectionSpec
+from mmrag.values import rfc3339
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -160,13 +161,7 @@ def _to_edge_match(match: Any) -> Any:
 
 
 def _rfc3339(value: dt.datetime | dt.date | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.datetime):  # a bare date means its midnight, UTC
-        value = dt.datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:  # the server reads naive datetimes as UTC; so do we
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.isoformat()
+    return None if value is None else rfc3339(value)
 
 
 def _to_edge_range(rng: Any) -> Any:
@@ -741,11 +736,6 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def default_prefetch_limit(limit: int) -> int:
-    """Candidates fetched per named vector before fusion when the caller does not say."""
-    return max(limit * 3, 10)
 
 
 def _schema_value(schema: models.PayloadSchemaType | str) -> str:
