@@ -49,7 +49,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     embedder = app.embedder(args.model, collection=collection)
     if args.corpus is None and args.manifest is None:
         raise UsageError("give a corpus folder, --manifest, or both")
-    tag_labels = _read_labels(args.tag_labels) if args.tag_labels else None
+    tagger = None
+    if args.tag_labels:
+        from mmrag.tasks.tagging import ingest_tagger
+
+        tagger = ingest_tagger(app.store, embedder, collection, _read_labels(args.tag_labels))
     report = run_ingest(
         app.store,
         embedder,
@@ -59,7 +63,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         prune=args.prune,
         options=IngestOptions.from_settings(app.settings, embedder),
         progress=not args.json and not args.quiet,
-        tag_labels=tag_labels,
+        tagger=tagger,
         include_unlisted=args.include_unlisted,
     )
     if args.json:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,7 +175,6 @@ def run_ingest(
     prune: bool = False,
     options: IngestOptions | None = None,
     progress: bool = True,
-    tag_labels: Sequence[str] | None = None,
     include_unlisted: bool = False,
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
 ) -> IngestReport:
@@ -185,8 +184,9 @@ def run_ingest(
     retries, say) ends the run with `report.error` set and `report.written` counting the
     points the store confirmed; a schema mismatch raises before anything is written.
 
-    `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
-    payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
+    `tagger` maps a batch of image vectors to payload updates ({"tags": [...],
+    "tag_scores": {...}}) written with the points; callers build it (e.g.
+    `mmrag.tasks.tagging.ingest_tagger`), so ingestion never depends on the tasks.
     """
     opts = options or IngestOptions()
     info = embedder.info
@@ -204,10 +204,6 @@ def run_ingest(
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
         meta["corpus_root"] = str(Path(corpus_root).resolve())
     store.update_metadata(target, meta)
-    if tagger is None and tag_labels:
-        from mmrag.tasks.tagging import make_ingest_tagger
-
-        tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
 
     state = load_state(store, target)
     seen: set[str] = set()

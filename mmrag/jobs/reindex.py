@@ -309,16 +309,11 @@ def _default_ingest() -> IngestFn:
 def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, collection: str, *, prune: bool,
             progress: bool) -> Any:
     extra: dict[str, Any] = {}
-    if spec.tag_labels and (spec.tag_threshold is not None or spec.tag_top is not None):
-        # run_ingest's tag_labels uses the tagging defaults; a threshold/top needs our own tagger,
-        # which records the labels in the collection's metadata, so the collection must exist first.
-        from mmrag.ingest import ensure_collection
-        from mmrag.tasks.tagging import make_ingest_tagger
+    if spec.tag_labels:
+        from mmrag.tasks.tagging import ingest_tagger
 
-        ensure_collection(store, embedder, collection)
-        top = {} if spec.tag_top is None else {"top": spec.tag_top}
-        extra["tagger"] = make_ingest_tagger(
-            embedder, spec.tag_labels, store=store, collection=collection, threshold=spec.tag_threshold, **top
+        extra["tagger"] = ingest_tagger(
+            store, embedder, collection, spec.tag_labels, threshold=spec.tag_threshold, top=spec.tag_top
         )
     return ingest_fn(
         store,
@@ -329,7 +324,6 @@ def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, colle
         prune=prune,
         options=spec.options,
         progress=progress,
-        tag_labels=spec.tag_labels,
         **extra,
     )
 
