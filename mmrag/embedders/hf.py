@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, backend_from_config, language_of
 from mmrag.embedders.base import ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 # Tokenizers saved without a limit report a huge sentinel as model_max_length.
 _UNSET_MAX_LENGTH = 10_000
-CHINESE_CLIP_TEXT_LENGTH = 52  # the context length Chinese-CLIP was trained with
 
 
 @contextlib.contextmanager
@@ -77,8 +77,6 @@ def _model_classes(backend: str):
 
 def _backend_of(source: str) -> str:
     from transformers import AutoConfig
-
-    from mmrag.embedders.registry import backend_from_config
 
     config = AutoConfig.from_pretrained(source)
     return backend_from_config(config.to_dict(), source)
@@ -159,7 +157,7 @@ class HFClipEmbedder:
             dim=int(config.projection_dim),
             backend=backend,
             image_size=image_size,
-            language="zh" if backend == "hf-chinese-clip" else "en",
+            language=language_of(backend),
             quantization=quantize,
             extra=extra,
         )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmrag.errors import UsageError
+
 __all__ = [
     "classification_figure_size",
     "confusion_figure_size",
@@ -33,9 +35,18 @@ CELL_INCHES = 2.5  # one panel of the search grid, square
 THUMBNAIL = 512  # images are shrunk before drawing: a grid never needs full resolution
 
 
+class PlottingUnavailable(UsageError):
+    """matplotlib is an optional extra: `pip install 'mmrag[plot]'`."""
+
+
 def _figure(width_in: float, height_in: float, dpi: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlottingUnavailable(
+            "plots need matplotlib, an optional extra: pip install 'mmrag[plot]' (or matplotlib>=3.8)"
+        ) from exc
 
     fig = Figure(figsize=(width_in, height_in), dpi=dpi)
     FigureCanvasAgg(fig)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, CLIP_TEXT_LENGTH
 from mmrag.embedders.hf import quiet_transformers
 from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
 from mmrag.training.scratch import save_with_processor
 
-CLIP_TEXT_MAX_LENGTH = 77
-CHINESE_TEXT_MAX_LENGTH = 52
+# the limits of the real models, defined once in mmrag.embedders.backends
+CLIP_TEXT_MAX_LENGTH = CLIP_TEXT_LENGTH
+CHINESE_TEXT_MAX_LENGTH = CHINESE_CLIP_TEXT_LENGTH
 
 
 def _seeded_init(seed: int):

@@ -16,13 +16,15 @@ from typing import Any, Literal
 
 import torch
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, CLIP_TEXT_LENGTH
 from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
 
 ScratchSize = Literal["tiny", "small", "base"]
 ScratchArch = Literal["clip", "chinese-clip"]
 
-CLIP_TEXT_MAX_LENGTH = 77
-CHINESE_TEXT_MAX_LENGTH = 52
+# the limits of the real models, defined once in mmrag.embedders.backends
+CLIP_TEXT_MAX_LENGTH = CLIP_TEXT_LENGTH
+CHINESE_TEXT_MAX_LENGTH = CHINESE_CLIP_TEXT_LENGTH
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""The package arrows point one way: parsed from the source with `ast`, so no module needs importing.
+
+store/ never imports embedders/, retrieval/ or LangChain; embedders/ never imports store/;
+corpus/ imports neither; ingest/ never imports tasks/; the client backend never loads the
+native edge module; and no two packages import each other (no circles between packages).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "mmrag"
+
+FORBIDDEN = {
+    "store": ("mmrag.embedders", "mmrag.retrieval", "mmrag.ingest", "mmrag.tasks", "langchain_core", "langchain"),
+    "embedders": ("mmrag.store", "mmrag.retrieval", "mmrag.ingest", "mmrag.tasks"),
+    "corpus": ("mmrag.store", "mmrag.embedders", "mmrag.retrieval", "mmrag.ingest", "mmrag.tasks"),
+    "ingest": ("mmrag.tasks", "mmrag.retrieval", "mmrag.jobs", "mmrag.cli"),
+    "retrieval": ("mmrag.ingest", "mmrag.tasks", "mmrag.jobs", "mmrag.cli"),
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module named by an import statement in `path`, at any depth (lazy imports count too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "mmrag" and (ROOT / parts[1]).is_dir() else None
+
+
+def _names(prefixes: tuple[str, ...], imported: set[str]) -> list[str]:
+    return sorted(m for m in imported if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_package_does_not_import_against_the_arrows(package: str) -> None:
+    bad = {
+        str(f.relative_to(ROOT.parent)): _names(FORBIDDEN[package], imports_of(f))
+        for f in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {f: names for f, names in bad.items() if names} == {}
+
+
+def test_the_client_backend_never_loads_the_edge_module() -> None:
+    imported = imports_of(ROOT / "store" / "client.py") | imports_of(ROOT / "store" / "base.py")
+    assert not _names(("mmrag.store.edge", "qdrant_edge"), imported)
+
+
+def test_no_two_packages_import_each_other() -> None:
+    edges: dict[str, set[str]] = {}
+    for f in ROOT.rglob("*.py"):
+        here = _package("mmrag." + ".".join(f.relative_to(ROOT).with_suffix("").parts))
+        if here is None:
+            continue
+        for module in imports_of(f):
+            there = _package(module)
+            if there and there != here:
+                edges.setdefault(here, set()).add(there)
+    circles = sorted((a, b) for a, targets in edges.items() for b in targets if a < b and a in edges.get(b, set()))
+    assert circles == []
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """The parser catches the import forms that matter, including one inside a function."""
+    sample = tmp_path / "m.py"
+    sample.write_text("def f():\n    from mmrag.tasks.tagging import make_ingest_tagger\nimport langchain_core.documents\n")
+    assert _names(FORBIDDEN["ingest"], imports_of(sample)) == ["mmrag.tasks.tagging", "mmrag.tasks.tagging.make_ingest_tagger"]
+    assert _names(FORBIDDEN["store"], imports_of(sample)) == ["langchain_core.documents", "mmrag.tasks.tagging",
+                                                              "mmrag.tasks.tagging.make_ingest_tagger"]
