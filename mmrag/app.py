@@ -7,19 +7,23 @@ collaborators as arguments, so tests pass real tiny models or fakes directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mmrag.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the CLI imports App on every call: keep numpy and qdrant_client off that path
+    from mmrag.embedders.base import Embedder
+    from mmrag.store.base import Store
 
 
 @dataclass
 class App:
     settings: Settings = field(default_factory=get_settings)
-    _store: Any = None
-    _embedders: dict[str, Any] = field(default_factory=dict)
+    _store: Store | None = None
+    _embedders: dict[str, Embedder] = field(default_factory=dict)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         if self._store is None:
             from mmrag.store import open_store
             from mmrag.store.retry import RetryingStore, RetryPolicy
@@ -37,7 +41,7 @@ class App:
         spec = store.get_spec(store.resolve(collection))
         return spec.model_id if spec else None
 
-    def embedder(self, model: str | None = None, *, collection: str | None = None) -> Any:
+    def embedder(self, model: str | None = None, *, collection: str | None = None) -> Embedder:
         """Load (once per process) the model: explicit > the collection's own > settings default."""
         name = model or (self.collection_model(collection) if collection else None) or self.settings.model
         if name not in self._embedders:

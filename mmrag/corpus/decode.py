@@ -396,7 +396,7 @@ def image_to_rgb(image: Image.Image, *, draft_size: int | None = None) -> Image.
     fmt = image.format or ""
     if draft_size and fmt in _JPEG_FORMATS and getattr(image, "tile", None) and getattr(image, "filename", ""):
         # Re-open the file rather than drafting the caller's object in place.
-        return load_rgb(Path(image.filename), draft_size=draft_size)
+        return load_rgb(Path(image.filename), draft_size=draft_size)  # type: ignore[attr-defined]  # ImageFile
     if image.mode == "RGB" and "transparency" not in image.info and not _orientation(image) > 1:
         if getattr(image, "tile", None):
             image.load()
@@ -436,10 +436,10 @@ def to_rgb(img: Image.Image, *, source_format: str | None = None) -> Image.Image
             return _grey_to_rgb(_scale_16bit(arr))
         return _grey_to_rgb(np.clip(arr, 0, 255).astype(np.uint8))
     if mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        return _grey_to_rgb(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        floats = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if floats.size and floats.max() <= 1.0:
+            floats = floats * 255.0
+        return _grey_to_rgb(np.clip(np.rint(floats), 0, 255).astype(np.uint8))
     if mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -20,7 +20,7 @@ using the processor itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -81,6 +81,7 @@ class ClipTransform:
         kind = type(processor)
         if not isinstance(processor, PilBackend):
             return None
+        processor = cast(Any, processor)  # a CLIP-style processor: its settings are plain attributes
         # Only the stock steps: an override could do anything the table does not capture.
         for step in ("_preprocess", "resize", "center_crop", "rescale", "normalize", "process_image"):
             if getattr(kind, step, None) is not getattr(PilBackend, step, None):
@@ -110,6 +111,7 @@ class ClipTransform:
             crop_size = dict(processor.crop_size or {})
             crop = (int(crop_size["height"]), int(crop_size["width"]))
             limit = (shortest_edge, shortest_edge) if shortest_edge is not None else size
+            assert limit is not None  # one of the two resize forms was set above
             if crop[0] > limit[0] or crop[1] > limit[1]:
                 return None  # the processor would zero-pad
         elif size is None:

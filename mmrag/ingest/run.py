@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mmrag.corpus import decode_stream, iter_corpus
 from mmrag.corpus.types import CorpusItem, DecodedImage, SkippedFile
 from mmrag.embedders.base import Embedder
+from mmrag.errors import UsageError
 from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
@@ -198,12 +199,11 @@ def run_ingest(
     target = ensure_collection(store, embedder, collection)
     report.collection = target
     corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    if corpus_root is None:
+        raise UsageError("give a corpus folder, a manifest, or both")
     # Retrievers decode query JPEGs with the same draft size, so a stored file finds itself.
-    meta: dict[str, Any] = {DRAFT_SIZE_KEY: opts.draft_size or 0}
-    if corpus_root is not None:
-        # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
-        meta["corpus_root"] = str(Path(corpus_root).resolve())
-    store.update_metadata(target, meta)
+    # corpus_root lets retrievers hand out image paths/data URIs without being told where the corpus lives.
+    store.update_metadata(target, {DRAFT_SIZE_KEY: opts.draft_size or 0, "corpus_root": str(Path(corpus_root).resolve())})
 
     state = load_state(store, target)
     seen: set[str] = set()
@@ -309,7 +309,7 @@ def _embed_batch(
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None,
     report: IngestReport,
 ) -> list[Any]:
-    pixels = np.stack([d.pixels for d in batch])
+    pixels = np.stack([d.pixels for d in batch if d.pixels is not None])  # decode ran with a preprocess: all set
     image_vecs = embedder.embed_pixels(pixels)
 
     captioned = [i for i, d in enumerate(batch) if d.item.caption]

@@ -54,8 +54,10 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from mmrag.embedders.base import Embedder
 from mmrag.jobs.lock import CollectionLock, LockHeld
 from mmrag.jobs.pipeline import PipelineDef, next_run
+from mmrag.store.base import Store
 from mmrag.store.schema import SchemaMismatch
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,7 @@ def version_name(name: str, n: int) -> str:
     return f"{name}__v{n}"
 
 
-def list_versions(store: Any, name: str) -> list[tuple[int, str]]:
+def list_versions(store: Store, name: str) -> list[tuple[int, str]]:
     """(version number, collection) of every `name__vN`, ascending."""
     pat = re.compile(rf"^{re.escape(name)}__v(\d+)$")
     found = [(int(m.group(1)), c) for c in store.list_collections() if (m := pat.match(c))]
@@ -306,7 +308,7 @@ def _default_ingest() -> IngestFn:
     return run_ingest
 
 
-def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, collection: str, *, prune: bool,
+def _ingest(ingest_fn: IngestFn, store: Store, embedder: Embedder, spec: JobSpec, collection: str, *, prune: bool,
             progress: bool) -> Any:
     extra: dict[str, Any] = {}
     if spec.tag_labels:
@@ -336,7 +338,7 @@ def _record_ingest(r: JobReport, rep: Any) -> None:
         r.status = "partial"
 
 
-def _validate_version(store: Any, embedder: Any, collection: str) -> None:
+def _validate_version(store: Store, embedder: Embedder, collection: str) -> None:
     """A new version goes live only if it holds points of the embedder's space."""
     spec = store.get_spec(collection)
     if spec is None:
@@ -354,8 +356,8 @@ def _validate_version(store: Any, embedder: Any, collection: str) -> None:
 
 def _build_and_switch(
     r: JobReport,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     spec: JobSpec,
     *,
     ingest_fn: IngestFn,
@@ -416,7 +418,7 @@ def _build_and_switch(
     r.deleted_versions = _retire(store, name, new=new, previous=live, keep=keep, grace_s=retire_grace_s)
 
 
-def _retire(store: Any, name: str, *, new: str, previous: str | None, keep: int, grace_s: float) -> list[str]:
+def _retire(store: Store, name: str, *, new: str, previous: str | None, keep: int, grace_s: float) -> list[str]:
     """Delete versions beyond `keep`: the new one and the one it replaced are the last to go."""
     others = [c for _, c in reversed(list_versions(store, name)) if c not in (new, previous)]
     order = [new] + ([previous] if previous and previous != new and previous in _names(store, name) else []) + others
@@ -434,12 +436,12 @@ def _retire(store: Any, name: str, *, new: str, previous: str | None, keep: int,
     return deleted
 
 
-def _is_complete(store: Any, collection: str) -> bool:
+def _is_complete(store: Store, collection: str) -> bool:
     spec = store.get_spec(collection)
     return spec is not None and COMPLETE_KEY in spec.extra
 
 
-def _names(store: Any, name: str) -> set[str]:
+def _names(store: Store, name: str) -> set[str]:
     return {c for _, c in list_versions(store, name)}
 
 
@@ -447,8 +449,8 @@ def _names(store: Any, name: str) -> set[str]:
 def sync(
     job: JobSpec | PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     ingest_fn: IngestFn | None = None,
     prune: bool | None = None,
@@ -494,8 +496,8 @@ def sync(
 def rebuild(
     job: JobSpec | PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     keep: int | None = None,
     ingest_fn: IngestFn | None = None,
@@ -527,7 +529,7 @@ def rebuild(
 def rollback(
     name: str,
     *,
-    store: Any,
+    store: Store,
     home: Path | str,
     to: int | str | None = None,
     lock: bool = True,
@@ -564,8 +566,8 @@ def rollback(
 def run_pipeline(
     pdef: PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     rebuild_all: bool = False,
     options: Any = None,

@@ -8,6 +8,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
+from mmrag.embedders.base import Embedder
 from mmrag.retrieval.queries import ImageQuery, load_query_image
 
 
@@ -25,7 +26,7 @@ class MultimodalEmbeddings(Embeddings):
         self,
         model: str | None = None,
         *,
-        embedder: Any = None,
+        embedder: Embedder | None = None,
         device: str = "auto",
         draft_size: int | None = None,
         **load_kwargs: Any,

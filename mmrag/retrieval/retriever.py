@@ -17,10 +17,12 @@ import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
+from mmrag.embedders.base import Embedder
 from mmrag.retrieval.documents import document_from_point
 from mmrag.retrieval.queries import Query, Target, is_image_query, load_query_image
+from mmrag.store.base import Store
 from mmrag.store.filters import filter_from_dict, merge_filters
 from mmrag.store.schema import DRAFT_SIZE_KEY, IMAGE_VECTOR, TEXT_VECTOR
 
@@ -35,11 +37,12 @@ class MultimodalRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    store: Any = Field(description="a mmrag.store.Store")
-    embedder: Any = Field(description="a mmrag.embedders.Embedder")
+    # Typed as our protocols, not validated: any object with the methods will do (fakes in tests too).
+    store: SkipValidation[Store] = Field(description="a mmrag.store.Store")
+    embedder: SkipValidation[Embedder] = Field(description="a mmrag.embedders.Embedder")
     collection: str = "mmrag"
     k: int = 4
-    target: Target = IMAGE_VECTOR
+    target: Target = "image"  # IMAGE_VECTOR
     score_threshold: float | None = None
     filter: dict[str, Any] | None = None
     include_image: Literal["path", "data_uri"] | None = None

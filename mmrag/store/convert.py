@@ -223,4 +223,4 @@ def build_point(
         expected = dim if dim is not None else len(vectors[IMAGE_VECTOR])
         if len(values) != expected:
             raise ValueError(f"{name} vector of {path!r} has {len(values)} dimensions, expected {expected}")
-    return models.PointStruct(id=point_id(path), vector=vectors, payload=dict(payload))
+    return models.PointStruct(id=point_id(path), vector=vectors, payload=dict(payload))  # type: ignore[arg-type]  # dict invariance

@@ -142,11 +142,11 @@ def _to_edge_match(match: Any) -> Any:
     if isinstance(match, models.MatchAny):
         for value in match.any:
             _check_not_bool(value)
-        return qe.MatchAny(list(match.any))
+        return qe.MatchAny(list(match.any))  # type: ignore[arg-type]  # str or int values, checked above
     if isinstance(match, models.MatchExcept):
         for value in match.except_:
             _check_not_bool(value)
-        return qe.MatchExcept(list(match.except_))
+        return qe.MatchExcept(list(match.except_))  # type: ignore[arg-type]  # str or int values, checked above
     if isinstance(match, models.MatchText):
         return qe.MatchText(match.text)
     if isinstance(match, models.MatchTextAny):
@@ -260,12 +260,12 @@ def _named_vectors(point: models.PointStruct) -> dict[str, list[float]]:
             f"point {point.id!r}: mmrag collections use named vectors {VECTOR_NAMES}; pass a dict, got {type(vector).__name__}"
         )
     # PointStruct has already validated these as lists of floats
-    return {name: values if isinstance(values, list) else list(values) for name, values in vector.items()}
+    return {name: values if isinstance(values, list) else list(values) for name, values in vector.items()}  # type: ignore[misc,arg-type]
 
 
 def to_edge_point(point: models.PointStruct) -> Any:
     """PointStruct -> qdrant_edge.Point; a point may carry only some of the named vectors."""
-    return qe.Point(_id_in(point.id), _named_vectors(point), dict(point.payload or {}))
+    return qe.Point(_id_in(point.id), _named_vectors(point), dict(point.payload or {}))  # type: ignore[arg-type]  # dict invariance
 
 
 def _with_vectors(value: bool | Sequence[str]) -> bool | list[str]:
@@ -458,7 +458,7 @@ class EdgeStore(ThreadedAsyncMixin):
             try:
                 config = qe.EdgeConfig(
                     vectors=self._vector_params(spec.dim),
-                    hnsw_config=qe.HnswIndexConfig(**self._hnsw),
+                    hnsw_config=qe.HnswIndexConfig(**self._hnsw),  # type: ignore[arg-type]  # m / ef_construct ints
                     optimizers=(
                         qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
                         if self._indexing_threshold_kb is not None
@@ -702,7 +702,7 @@ class EdgeStore(ThreadedAsyncMixin):
         ]
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Fusion.Rrf(k=RRF_K),
+            query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits the Rrf variant
             prefetches=prefetches,
             filter=edge_filter,
             with_payload=True,

@@ -165,7 +165,9 @@ def _sub_filters(key: str, value: Any) -> list[models.Filter]:
     for sub in subs:
         if not isinstance(sub, Mapping) or not sub:
             raise ValueError(f"{key!r}: each entry must be a non-empty filter dict, got {sub!r}")
-        out.append(filter_from_dict(sub))
+        built = filter_from_dict(sub)
+        if built is not None:  # a non-empty dict always builds one
+            out.append(built)
     return out
 
 
