@@ -79,3 +79,35 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     assert _names(FORBIDDEN["ingest"], imports_of(sample)) == ["mmrag.tasks.tagging", "mmrag.tasks.tagging.make_ingest_tagger"]
     assert _names(FORBIDDEN["store"], imports_of(sample)) == ["langchain_core.documents", "mmrag.tasks.tagging",
                                                               "mmrag.tasks.tagging.make_ingest_tagger"]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the mmrag modules it imports (a name imported from a package counts as that module if it is one)."""
+    modules = {
+        "mmrag." + ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): f
+        for f in ROOT.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in imports_of(path) if m in modules and m != name}
+    return graph
+
+
+def test_no_module_imports_itself_through_a_circle() -> None:
+    """Package __init__ files re-export (they import their modules); other modules never circle back."""
+    graph = _module_graph()
+    packages = {n for n in graph if (ROOT.parent / n.replace(".", "/") / "__init__.py").is_file()}
+    circles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in packages:
+                continue  # importing a package's public names
+            if nxt == path[0]:
+                circles.append(path + [nxt])
+            elif nxt not in path and len(path) < 8:
+                walk(nxt, path + [nxt])
+
+    for start in sorted(set(graph) - packages):
+        walk(start, [start])
+    assert circles == []
