@@ -413,10 +413,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = {
         "out_dir": str(result.out_dir), "best_epoch": result.best_epoch, "best_metric": result.best_metric,
         "pairs_per_second": round(result.pairs_per_second, 1), "epochs": result.metrics,
+        "skipped": [{"path": f.rel_path, "reason": f.reason} for f in result.skipped],
     }
     if args.json:
         _print_json(summary)
     else:
+        for f in result.skipped:
+            print(f"skipped {f.rel_path}: {f.reason}")
         for i, m in enumerate(result.metrics, 1):
             print(f"epoch {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
         print(f"best epoch {result.best_epoch} saved to {result.out_dir} ({result.pairs_per_second:.1f} pairs/s)")
