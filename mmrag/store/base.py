@@ -20,7 +20,8 @@ from mmrag.store.schema import CollectionSpec
 class Store(Protocol):
     """Minimal surface mmrag needs from Qdrant. Every backend passes the same tests."""
 
-    backend_name: str
+    @property
+    def backend_name(self) -> str: ...  # a property, so a wrapper (RetryingStore) can pass it through
 
     # --- collections ----------------------------------------------------------
     def list_collections(self) -> list[str]: ...
