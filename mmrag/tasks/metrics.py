@@ -26,7 +26,7 @@ def relevance_mask(relevant: Any, shape: tuple[int, int]) -> np.ndarray:
     if len(rows) != shape[0]:
         raise ValueError(f"{len(rows)} relevance entries for {shape[0]} queries")
     for q, rel in enumerate(rows):
-        idx = [int(rel)] if np.isscalar(rel) else [int(j) for j in rel]
+        idx = [int(rel)] if np.isscalar(rel) else [int(j) for j in rel]  # type: ignore[arg-type]  # a scalar index
         mask[q, idx] = True
     return mask
 

@@ -282,5 +282,6 @@ def ingest_tagger(
     from mmrag.ingest import ensure_collection
 
     target = ensure_collection(store, embedder, collection)
-    extra = {} if top is None else {"top": top}
-    return make_ingest_tagger(embedder, list(labels), store=store, collection=target, threshold=threshold, **extra)
+    if top is None:  # make_ingest_tagger's default
+        return make_ingest_tagger(embedder, list(labels), store=store, collection=target, threshold=threshold)
+    return make_ingest_tagger(embedder, list(labels), store=store, collection=target, threshold=threshold, top=top)
