@@ -8,9 +8,13 @@ chains and agents. Heavy modules (torch, transformers) load on first use, so
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("mmrag")  # one source of truth: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "Settings": "mmrag.settings",

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmrag.errors import RunFailed, UsageError
 from mmrag.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the CLI imports App on every call: keep numpy and qdrant_client off that path
+    from mmrag.embedders.base import Embedder
+    from mmrag.store.base import Store
 
 
 def quiet_model_loading() -> None:
@@ -49,11 +53,11 @@ class App:
     settings: Settings = field(default_factory=get_settings)
     # Called with one status line ("loading model ...") before slow steps; the CLI prints it.
     announce: Callable[[str], None] | None = None
-    _store: Any = None
-    _embedders: dict[str, Any] = field(default_factory=dict)
+    _store: Store | None = None
+    _embedders: dict[str, Embedder] = field(default_factory=dict)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         if self._store is None:
             from mmrag.store import open_store
             from mmrag.store.retry import RetryingStore, RetryPolicy
@@ -88,7 +92,7 @@ class App:
         spec = self.collection_spec(collection)
         return spec.model_id if spec else None
 
-    def embedder(self, model: str | None = None, *, collection: str | None = None) -> Any:
+    def embedder(self, model: str | None = None, *, collection: str | None = None) -> Embedder:
         """Load (once per process) the model: explicit > the collection's own > settings default.
 
         With `collection`, the model is checked against the one that filled it (the check

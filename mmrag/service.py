@@ -312,12 +312,20 @@ class SearchService:
         keys = list(keys) if keys else self.facet_keys(real)
         out: dict[str, list[dict[str, Any]]] = {}
         facet = getattr(self.store, "facet", None)
+        scroll_keys = list(keys)
         if facet is not None:
+            scroll_keys = []
             for key in keys:
-                hits = facet(real, key, limit=limit)
+                try:
+                    hits = facet(real, key, limit=limit)
+                except ValueError:  # no payload index on it (a manifest column): counted from payloads below
+                    scroll_keys.append(key)
+                    continue
                 out[key] = [_facet_hit(h) for h in hits]
-            return out
-        counters = {key: Counter() for key in keys}
+            if not scroll_keys:
+                return out
+        keys = scroll_keys
+        counters: dict[str, Counter[Any]] = {key: Counter() for key in keys}
         offset, seen = None, 0
         while seen < FACET_SCROLL_LIMIT:
             page, offset = self.store.scroll(real, limit=min(1024, FACET_SCROLL_LIMIT - seen), offset=offset,

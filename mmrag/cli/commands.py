@@ -68,6 +68,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     app = _app(args)
     collection = _collection(args, app)
     embedder = app.embedder(args.model, collection=collection)
+    tagger = None
+    if tag_labels:
+        from mmrag.tasks.tagging import ingest_tagger
+
+        tagger = ingest_tagger(app.store, embedder, collection, tag_labels)
     kwargs: dict[str, Any] = {}
     ingest = run_ingest
     if (getattr(args, "engine", None) or app.settings.ingest_engine) == "ray":
@@ -86,7 +91,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         prune=args.prune,
         options=IngestOptions.from_settings(app.settings, embedder),
         progress=not args.json and not _quiet(args),
-        tag_labels=tag_labels,
+        tagger=tagger,
         include_unlisted=args.include_unlisted,
         **kwargs,
     )
@@ -577,10 +582,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = {
         "out_dir": str(result.out_dir), "best_epoch": result.best_epoch, "best_metric": result.best_metric,
         "pairs_per_second": round(result.pairs_per_second, 1), "epochs": result.metrics,
+        "skipped": [{"path": f.rel_path, "reason": f.reason} for f in result.skipped],
     }
     if args.json:
         _print_json(summary)
     else:
+        for f in result.skipped:
+            print(f"skipped {f.rel_path}: {f.reason}")
         for i, m in enumerate(result.metrics, 1):
             print(f"epoch {i}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
         print(f"best epoch {result.best_epoch} saved to {result.out_dir} ({result.pairs_per_second:.1f} pairs/s)")
@@ -632,9 +640,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 
-    from mmrag.cli.parser import build_parser
-
-    print(shtab.complete(build_parser(), shell=args.shell))
+    print(shtab.complete(args.build_parser(), shell=args.shell))  # the parser passes itself in: no import circle
     return EXIT_OK
 
 

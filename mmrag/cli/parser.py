@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "completion", "print a shell completion script (bash, zsh or tcsh)")
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete for")
-    p.set_defaults(func=c.cmd_completion)
+    p.set_defaults(func=c.cmd_completion, build_parser=build_parser)
 
     p = add(sub, "serve", "HTTP API, web search page and MCP tools (/mcp) for one collection")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, load_rgb, to_rgb
+from mmrag.corpus.decode import ImageDecodeError, decode_image, decode_stream, image_to_rgb, load_rgb, to_rgb
 from mmrag.corpus.formats import IMAGE_EXTENSIONS, IMAGE_SUFFIXES, sniff_image_signature
 from mmrag.corpus.manifest import read_manifest
 from mmrag.corpus.scan import scan_folder, sidecar_caption
@@ -23,6 +23,7 @@ __all__ = [
     "decode_image",
     "decode_stream",
     "iter_corpus",
+    "image_to_rgb",
     "load_rgb",
     "read_manifest",
     "scan_folder",

@@ -360,27 +360,9 @@ def _decode_bytes(
         if width * height > max_image_pixels:
             raise ImageDecodeError(_bomb_reason(width, height, max_image_pixels))
 
-        if draft_size and fmt in _JPEG_FORMATS:
-            # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= draft_size.
-            img.draft("RGB", (draft_size, draft_size))
-        try:
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(f"decompression bomb: {exc}") from exc
-        except Exception as exc:
-            raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
-
-        _reduce_16bit_rgb_key(img, fmt, data)
-        orientation = _orientation(img)
-        if orientation in _SWAPPING_ORIENTATIONS:
+        rgb, swapped = _oriented_rgb(img, fmt, draft_size, data)
+        if swapped:  # width/height as displayed
             width, height = height, width
-        oriented = _apply_orientation(img, orientation)
-        try:
-            rgb = to_rgb(oriented, source_format=fmt)
-        except Exception as exc:
-            raise ImageDecodeError(
-                f"unreadable: cannot convert mode {oriented.mode} to RGB ({_describe(exc)})"
-            ) from exc
         if rgb is img:
             rgb = img.copy()  # closing the file would invalidate the pixels of `img` itself
     return rgb, fmt, (width, height)
@@ -397,6 +379,55 @@ def _reduce_16bit_rgb_key(img: Image.Image, fmt: str, data: bytes) -> None:
     # byte 24 of a PNG is the IHDR bit depth
     if fmt == "PNG" and isinstance(key, tuple) and len(data) > 24 and data[24] == 16 and img.mode == "RGB":
         img.info["transparency"] = tuple(int(v) >> 8 for v in key)
+
+
+def _oriented_rgb(
+    img: Image.Image, fmt: str, draft_size: int | None, data: bytes | None = None
+) -> tuple[Image.Image, bool]:
+    """Draft (JPEG), load, EXIF orientation, colour rules: the steps after `Image.open`, shared by every path.
+
+    Returns (RGB image, whether the orientation swapped width and height). `data`, the file's
+    bytes when we read them, lets a 16-bit PNG keep its tRNS colour key.
+    """
+    if draft_size and fmt in _JPEG_FORMATS and getattr(img, "tile", None):
+        # DCT-domain downscale by 1/2, 1/4 or 1/8, keeping both sides >= draft_size.
+        # Only while the pixels are still undecoded (`tile` set): afterwards draft is a no-op.
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"truncated or corrupt image: {_describe(exc)}") from exc
+
+    if data is not None:
+        _reduce_16bit_rgb_key(img, fmt, data)
+    orientation = _orientation(img)
+    oriented = _apply_orientation(img, orientation)
+    try:
+        rgb = to_rgb(oriented, source_format=fmt)
+    except Exception as exc:
+        raise ImageDecodeError(f"unreadable: cannot convert mode {oriented.mode} to RGB ({_describe(exc)})") from exc
+    return rgb, orientation in _SWAPPING_ORIENTATIONS
+
+
+def image_to_rgb(image: Image.Image, *, draft_size: int | None = None) -> Image.Image:
+    """An in-memory PIL image through ingestion's rules: EXIF orientation, alpha on white, 16-bit, ...
+
+    The one rule for PIL images handed to us (classify, fine-tuning, queries, transforms).
+    A JPEG opened but not yet loaded gets the same draft decoding as ingestion with the same
+    `draft_size`; an image already loaded is used at the size it has. Raises ImageDecodeError.
+    """
+    fmt = image.format or ""
+    if draft_size and fmt in _JPEG_FORMATS and getattr(image, "tile", None) and getattr(image, "filename", ""):
+        # Re-open the file rather than drafting the caller's object in place.
+        return load_rgb(Path(image.filename), draft_size=draft_size)  # type: ignore[attr-defined]  # ImageFile
+    if image.mode == "RGB" and "transparency" not in image.info and not _orientation(image) > 1:
+        if getattr(image, "tile", None):
+            image.load()
+        return image
+    rgb, _ = _oriented_rgb(image, fmt, draft_size)
+    return rgb
 
 
 def _orientation(img: Image.Image) -> int:
@@ -431,10 +462,10 @@ def to_rgb(img: Image.Image, *, source_format: str | None = None) -> Image.Image
             return _grey_to_rgb(_on_white(_scale_16bit(arr), arr, img.info))
         return _grey_to_rgb(_on_white(np.clip(arr, 0, 255).astype(np.uint8), arr, img.info))
     if mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        return _grey_to_rgb(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        floats = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if floats.size and floats.max() <= 1.0:
+            floats = floats * 255.0
+        return _grey_to_rgb(np.clip(np.rint(floats), 0, 255).astype(np.uint8))
     if mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -26,6 +26,7 @@ from typing import Any
 
 from mmrag.corpus.scan import MAX_CAPTION_BYTES, outside_root, to_rel_path
 from mmrag.corpus.types import CorpusItem, SkippedFile
+from mmrag.values import rfc3339
 
 PATH_COLUMN = "path"
 CAPTION_COLUMN = "caption"
@@ -83,7 +84,55 @@ def read_manifest(
 # --------------------------------------------------------------------------- rows
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+def read_pairs(
+    path: Path | str,
+    *,
+    root: Path | str | None = None,
+    path_column: str = PATH_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
+) -> list[tuple[Path, str]]:
+    """(absolute image path, caption) pairs of a manifest, for evaluation and fine-tuning.
+
+    The same formats, encodings and path rules as `read_manifest` (relative paths
+    against `root`, default the manifest's folder). Unlike an ingestion manifest, a
+    path may repeat (one row per caption) and a JSONL row may carry a `captions`
+    list instead of `caption`. Rows without a caption are ignored; a row that cannot
+    be read raises ValueError naming it, since a silently shorter set changes the metrics.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(
+            f"unsupported manifest format {path.name!r}: expected one of {', '.join(MANIFEST_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    base = Path(os.path.normpath(Path(root if root is not None else path.parent).absolute()))
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(path, path_column)
+    elif suffix == ".csv":
+        rows = _csv_rows(path, path_column)
+    else:
+        rows = _parquet_rows(path, 4096, path_column)
+    pairs: list[tuple[Path, str]] = []
+    for where, row in rows:
+        if isinstance(row, SkippedFile):
+            raise ValueError(f"{path.name}: {row.reason}")
+        raw = row.get(path_column)
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError(f"{path.name} {where}: missing or invalid {path_column!r}")
+        resolved, _ = resolve_manifest_path(raw.strip(), base)
+        captions = row.get("captions")
+        if not isinstance(captions, list):
+            captions = [row.get(caption_column)]
+        for cap in captions:
+            text = _clean_caption(cap)
+            if text is not None:
+                pairs.append((resolved, text))
+    return pairs
+
+
+def _jsonl_rows(path: Path, path_column: str = PATH_COLUMN) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
     saw_path_column = False
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -105,17 +154,17 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFi
                     f"{path.name}:{lineno}", f"line {lineno} is not a JSON object ({type(row).__name__})"
                 )
                 continue
-            if PATH_COLUMN not in row and not saw_path_column:
+            if path_column not in row and not saw_path_column:
                 # The first record decides the schema: without `path` the whole file is wrong.
                 raise ValueError(
-                    f"manifest {path} has no {PATH_COLUMN!r} column; "
+                    f"manifest {path} has no {path_column!r} column; "
                     f"columns found on line {lineno}: {sorted(row)}"
                 )
             saw_path_column = True
             yield where, row
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+def _csv_rows(path: Path, path_column: str = PATH_COLUMN) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
     # Long captions exceed csv's default 128 KiB field limit.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
@@ -126,8 +175,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile
             if header is None:
                 raise ValueError(f"manifest {path} is empty (no header row)")
             columns = [c.strip() for c in header]
-            if PATH_COLUMN not in columns:
-                raise ValueError(f"manifest {path} has no {PATH_COLUMN!r} column; columns found: {columns}")
+            if path_column not in columns:
+                raise ValueError(f"manifest {path} has no {path_column!r} column; columns found: {columns}")
             for record in reader:
                 where = f"line {reader.line_num}"
                 if not record or all(not cell.strip() for cell in record):
@@ -146,13 +195,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile
         ) from exc
 
 
-def _parquet_rows(path: Path, batch_size: int) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
+def _parquet_rows(
+    path: Path, batch_size: int, path_column: str = PATH_COLUMN
+) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     columns = pf.schema_arrow.names
-    if PATH_COLUMN not in columns:
-        raise ValueError(f"manifest {path} has no {PATH_COLUMN!r} column; columns found: {columns}")
+    if path_column not in columns:
+        raise ValueError(f"manifest {path} has no {path_column!r} column; columns found: {columns}")
     rowno = 0
     for batch in pf.iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():
@@ -171,8 +222,10 @@ def json_safe(value: Any) -> Any:
         return value if math.isfinite(value) else _DROP
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else _DROP
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
+    if isinstance(value, dt.datetime):
+        return rfc3339(value)  # the payload rule: UTC, naive read as UTC
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()  # a calendar date is not a moment: as the payload converter writes it
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, (bytes, bytearray, memoryview)):

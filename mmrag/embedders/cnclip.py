@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, language_of
 from mmrag.embedders.base import BackendUnavailable, ModelInfo
 from mmrag.embedders.device import pick_device
 
-CN_CLIP_TEXT_LENGTH = 52
+CN_CLIP_TEXT_LENGTH = CHINESE_CLIP_TEXT_LENGTH
 
 
 def import_cn_clip() -> Any:
@@ -74,7 +75,7 @@ class CnClipEmbedder:
             dim=dim,
             backend="cn_clip",
             image_size=image_size,
-            language="zh",
+            language=language_of("cn_clip"),
             quantization=None,
             extra=extra,
         )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, backend_from_config, language_of
 from mmrag.embedders.base import ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 # Tokenizers saved without a limit report a huge sentinel as model_max_length.
 _UNSET_MAX_LENGTH = 10_000
-CHINESE_CLIP_TEXT_LENGTH = 52  # the context length Chinese-CLIP was trained with
 
 
 @contextlib.contextmanager
@@ -77,8 +77,6 @@ def _model_classes(backend: str):
 def _backend_of(source: str) -> str:
     from transformers import AutoConfig
 
-    from mmrag.embedders.registry import backend_from_config
-
     config = AutoConfig.from_pretrained(source)
     return backend_from_config(config.to_dict(), source)
 
@@ -122,7 +120,6 @@ class HFClipEmbedder:
         with quiet_transformers():
             processor = AutoProcessor.from_pretrained(source)
         self.image_processor = processor.image_processor
-        self._processor_converts_rgb = bool(getattr(self.image_processor, "do_convert_rgb", False))
         # The processor's own steps as a picklable table-driven transform, when they allow it.
         self.transform = ClipTransform.from_processor(self.image_processor)
         self.tokenizer = processor.tokenizer
@@ -150,7 +147,7 @@ class HFClipEmbedder:
             dim=int(config.projection_dim),
             backend=backend,
             image_size=image_size,
-            language="zh" if backend == "hf-chinese-clip" else "en",
+            language=language_of(backend),
             quantization=None,
             extra={**extra, "runtime": "torch"},
         )
@@ -175,10 +172,9 @@ class HFClipEmbedder:
         # Bit-identical to the model's image processor (tested); thread-safe, no state.
         if self.transform is not None:
             return self.transform(image)
-        # A processor the transform cannot mirror: call it as is. Non-RGB input is left to
-        # its own conversion unless it was configured not to convert.
-        if image.mode != "RGB" and not self._processor_converts_rgb:
-            image = ensure_rgb(image)
+        # A processor the transform cannot mirror: call it on RGB made by ingestion's rule,
+        # never by the processor's own conversion (a second rule).
+        image = ensure_rgb(image)
         batch = self.image_processor(images=image, return_tensors="np")
         return np.asarray(batch["pixel_values"][0], dtype=np.float32)
 

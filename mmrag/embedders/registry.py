@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mmrag.embedders.backends import Backend, backend_from_config, language_of
 from mmrag.embedders.base import Embedder
 
-Backend = Literal["hf-clip", "hf-chinese-clip", "cn_clip"]
 Location = Literal["hub", "local", "cn_clip", "bundled"]
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -34,7 +34,6 @@ DEFAULT_MODEL = "clip-vit-b32"
 # Names the cn_clip package can load (its own checkpoint zoo).
 CN_CLIP_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN50")
 
-_MODEL_TYPE_TO_BACKEND: dict[str, Backend] = {"clip": "hf-clip", "chinese_clip": "hf-chinese-clip"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -71,7 +70,7 @@ REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference"
 
 
 def _hub(name: str, repo_id: str, backend: Backend) -> ModelSpec:
-    return ModelSpec(name, backend, repo_id, "zh" if backend != "hf-clip" else "en", "hub")
+    return ModelSpec(name, backend, repo_id, language_of(backend), "hub")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -99,21 +98,6 @@ def list_models() -> list[str]:
     return [DEFAULT_MODEL] + sorted(n for n in MODELS if n != DEFAULT_MODEL)
 
 
-def _language(backend: Backend) -> str:
-    return "en" if backend == "hf-clip" else "zh"
-
-
-def backend_from_config(config: dict, where: str) -> Backend:
-    model_type = config.get("model_type")
-    try:
-        return _MODEL_TYPE_TO_BACKEND[model_type]
-    except KeyError:
-        raise ValueError(
-            f"{where}: unsupported model_type {model_type!r}; expected one of "
-            f"{sorted(_MODEL_TYPE_TO_BACKEND)}"
-        ) from None
-
-
 def _local_spec(given: str, path: str) -> ModelSpec:
     directory = Path(path).expanduser().resolve()
     if not directory.is_dir():
@@ -123,7 +107,7 @@ def _local_spec(given: str, path: str) -> ModelSpec:
         raise ValueError(f"model {given!r}: {directory} has no config.json (not a saved transformers model)")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     backend = backend_from_config(config, str(config_file))
-    return ModelSpec(given, backend, str(directory), _language(backend), "local")
+    return ModelSpec(given, backend, str(directory), language_of(backend), "local")
 
 
 def _cached_hub_config(repo_id: str) -> dict | None:
@@ -154,7 +138,7 @@ def _hub_spec(given: str, repo_id: str) -> ModelSpec:
     else:
         lowered = repo_id.lower()
         backend = "hf-chinese-clip" if ("chinese-clip" in lowered or "chinese_clip" in lowered) else "hf-clip"
-    return ModelSpec(given, backend, repo_id, _language(backend), "hub")
+    return ModelSpec(given, backend, repo_id, language_of(backend), "hub")
 
 
 def resolve_model(name: str) -> ModelSpec:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, CLIP_TEXT_LENGTH
+
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -84,7 +86,7 @@ def write_clip_tokenizer(
     out_dir: str | Path,
     *,
     num_merges: int | None = 8000,
-    model_max_length: int = 77,
+    model_max_length: int = CLIP_TEXT_LENGTH,
     merges_path: str | Path | None = None,
 ) -> Path:
     """Write a CLIP BPE tokenizer (vocab.json, merges.txt, configs) into `out_dir`.
@@ -132,7 +134,7 @@ def write_chinese_tokenizer(
     out_dir: str | Path,
     *,
     keep: Iterable[str] | None = None,
-    model_max_length: int = 52,
+    model_max_length: int = CHINESE_CLIP_TEXT_LENGTH,
     vocab_path: str | Path | None = None,
 ) -> Path:
     """Write a Chinese-CLIP `BertTokenizer` (vocab.txt + config) into `out_dir`.

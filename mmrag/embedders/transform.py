@@ -20,27 +20,21 @@ using the processor itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+from mmrag.corpus.decode import to_rgb
 
 
 def ensure_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of an image; transparency is composited onto white.
+    """RGB version of an image by ingestion's colour rule (`mmrag.corpus.decode.to_rgb`).
 
-    This matches transformers' PIL-backend `convert_rgb`.
+    Transparency on white, 16-bit scaled rather than clipped: the one rule, so an image
+    preprocessed here and one decoded by ingestion give the same pixels.
     """
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    return to_rgb(image)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +81,7 @@ class ClipTransform:
         kind = type(processor)
         if not isinstance(processor, PilBackend):
             return None
+        processor = cast(Any, processor)  # a CLIP-style processor: its settings are plain attributes
         # Only the stock steps: an override could do anything the table does not capture.
         for step in ("_preprocess", "resize", "center_crop", "rescale", "normalize", "process_image"):
             if getattr(kind, step, None) is not getattr(PilBackend, step, None):
@@ -116,6 +111,7 @@ class ClipTransform:
             crop_size = dict(processor.crop_size or {})
             crop = (int(crop_size["height"]), int(crop_size["width"]))
             limit = (shortest_edge, shortest_edge) if shortest_edge is not None else size
+            assert limit is not None  # one of the two resize forms was set above
             if crop[0] > limit[0] or crop[1] > limit[1]:
                 return None  # the processor would zero-pad
         elif size is None:

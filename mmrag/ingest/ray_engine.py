@@ -122,7 +122,6 @@ def run_ingest_ray(
     options: IngestOptions | None = None,
     ray_options: RayOptions | None = None,
     progress: bool = True,
-    tag_labels: Sequence[str] | None = None,
     include_unlisted: bool = False,
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
 ) -> IngestReport:
@@ -132,7 +131,7 @@ def run_ingest_ray(
     t0 = time.perf_counter()
     report = IngestReport(collection=collection, model_id=embedder.info.model_id, decode_executor="ray")
     _, preprocess = decode_plan("process", embedder)  # the decode tasks need a picklable preprocess
-    if ropts.store_factory is not None and (tagger is not None or tag_labels):
+    if ropts.store_factory is not None and tagger is not None:
         raise UsageError("auto-tagging while ingesting on Ray needs the driver to write: drop --tag-labels, "
                          "or tag afterwards with `mmrag tag`")
     factory = ropts.embedder_factory or _reuse(embedder)
@@ -140,12 +139,9 @@ def run_ingest_ray(
     corpus_root, entries = list_corpus(store, root=root, collection=collection, manifest=manifest,
                                        include_unlisted=include_unlisted, allow_outside_root=opts.allow_outside_root,
                                        prune=prune, report=report)
-    plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report)
+    plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report,
+                       sparse_fields=opts.sparse_fields, draft_size=opts.draft_size)
     target, state = plan.target, plan.state
-    if tagger is None and tag_labels:
-        from mmrag.tasks.tagging import make_ingest_tagger
-
-        tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
 
     writer = StoreWriter(store, target, opts.write_batch_size)
     bar = tqdm(total=len(plan.todo), unit="img", desc="embedding (ray)", disable=not progress, dynamic_ncols=True)
@@ -248,7 +244,7 @@ class _Stages:
         # A decode task that dies past its retries drops its block; the driver re-runs those files.
         ctx.max_errored_blocks, ctx.enable_progress_bars = -1, False
         try:
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / block)))
+            ds: Any = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / block)))
             ds = ds.map_batches(
                 _decode_rows,
                 batch_size=block,
@@ -303,6 +299,7 @@ def _decode_rows(batch: dict[str, np.ndarray], *, preprocess: Any, max_file_byte
             status = SAME
         else:
             status, px = OK, res.pixels
+            assert px is not None  # decoded with a preprocess: the pixels are set
             shape = px.shape
             res = DecodedImage(item=res.item, sha256=res.sha256, width=res.width, height=res.height, format=res.format)
         metas.append(pickle.dumps(res))
@@ -412,7 +409,7 @@ def _settle(batch: dict[str, np.ndarray], report: IngestReport, state: dict[str,
                                                                        if batch["has_text"][i]})
         if image is not None:  # the driver writes
             extra = tagger(image) if tagger is not None else None
-            writer.add(build_points(decoded, image, text, model_id, extra, bm25_keys))
+            writer.add(build_points(decoded, image, text, model_id, extra, bm25_keys))  # type: ignore[arg-type]  # text is set when image is
         else:
             report.written += len(decoded)
         count_embedded(report, decoded, text, state)

@@ -34,7 +34,14 @@ from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
-from mmrag.store.schema import DEFAULT_SPARSE_FIELDS, CollectionSpec, SchemaMismatch, check_compatible, sparse_text
+from mmrag.store.schema import (
+    DEFAULT_SPARSE_FIELDS,
+    DRAFT_SIZE_KEY,
+    CollectionSpec,
+    SchemaMismatch,
+    check_compatible,
+    sparse_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +255,8 @@ def list_corpus(
     """
     check_corpus(root, manifest)
     corpus_root = root if root is not None else (manifest.parent if manifest is not None else None)
+    if corpus_root is None:  # check_corpus has refused this already; for the type checker
+        raise UsageError("give a corpus folder, --manifest, or both")
     ignored: Counter[str] = Counter()
     try:
         entries = list(iter_corpus(corpus_root, manifest=manifest, include_unlisted=include_unlisted, ignored=ignored,
@@ -275,6 +284,7 @@ def plan_ingest(
     entries: Sequence[CorpusItem | SkippedFile],
     report: IngestReport,
     sparse_fields: Sequence[str] = (),
+    draft_size: int | None = None,
 ) -> IngestPlan:
     """Check/create the collection (a model mismatch raises here, before any work), then plan.
 
@@ -283,9 +293,12 @@ def plan_ingest(
     target = ensure_collection(store, embedder, collection, sparse_fields=sparse_fields)
     report.collection = target
     spec = store.get_spec(target)
+    # Retrievers decode query JPEGs with the same draft size, so a stored file finds itself.
+    meta: dict[str, Any] = {DRAFT_SIZE_KEY: draft_size or 0}
     if corpus_root is not None:
         # Lets retrievers hand out image paths/data URIs without being told where the corpus lives.
-        store.update_metadata(target, {"corpus_root": str(Path(corpus_root).resolve())})
+        meta["corpus_root"] = str(Path(corpus_root).resolve())
+    store.update_metadata(target, meta)
     state = load_state(store, target)
     plan = IngestPlan(target=target, state=state, seen=set(), todo=[],
                       bm25_keys=tuple(spec.sparse_fields) if spec is not None and spec.sparse_fields else None)
@@ -336,7 +349,6 @@ def run_ingest(
     prune: bool = False,
     options: IngestOptions | None = None,
     progress: bool = True,
-    tag_labels: Sequence[str] | None = None,
     include_unlisted: bool = False,
     tagger: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
 ) -> IngestReport:
@@ -346,8 +358,9 @@ def run_ingest(
     retries, say) ends the run with `report.error` set and `report.written` counting the
     points the store confirmed; a schema mismatch raises before anything is written.
 
-    `tagger` (or `tag_labels`, which builds one) maps a batch of image vectors to
-    payload updates ({"tags": [...], "tag_scores": {...}}) written with the points.
+    `tagger` maps a batch of image vectors to payload updates ({"tags": [...],
+    "tag_scores": {...}}) written with the points; callers build it (e.g.
+    `mmrag.tasks.tagging.ingest_tagger`), so ingestion never depends on the tasks.
     """
     opts = options or IngestOptions()
     info = embedder.info
@@ -363,12 +376,8 @@ def run_ingest(
                                        include_unlisted=include_unlisted, allow_outside_root=opts.allow_outside_root,
                                        prune=prune, report=report)
     plan = plan_ingest(store, embedder, collection=collection, corpus_root=corpus_root, entries=entries, report=report,
-                       sparse_fields=opts.sparse_fields)
+                       sparse_fields=opts.sparse_fields, draft_size=opts.draft_size)
     target, state = plan.target, plan.state
-    if tagger is None and tag_labels:
-        from mmrag.tasks.tagging import make_ingest_tagger
-
-        tagger = make_ingest_tagger(embedder, list(tag_labels), store=store, collection=target)
     todo = plan.todo
 
     writer = StoreWriter(store, target, opts.write_batch_size)
@@ -455,7 +464,7 @@ def _embed_batch(
     bm25_keys: Sequence[str] | None = None,
 ) -> list[Any]:
     image_vecs, text_vecs = embed_vectors(
-        embedder, np.stack([d.pixels for d in batch]), [d.item.caption for d in batch], opts.text_batch_size
+        embedder, np.stack([d.pixels for d in batch if d.pixels is not None]), [d.item.caption for d in batch], opts.text_batch_size
     )
     extra = tagger(image_vecs) if tagger is not None else None
     points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra, bm25_keys)

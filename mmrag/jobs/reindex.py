@@ -55,8 +55,10 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from mmrag.embedders.base import Embedder
 from mmrag.jobs.lock import CollectionLock, LockHeld
 from mmrag.jobs.pipeline import PipelineDef, next_run
+from mmrag.store.base import Store
 from mmrag.store.schema import SchemaMismatch
 
 log = logging.getLogger(__name__)
@@ -364,7 +366,7 @@ def version_name(name: str, n: int) -> str:
     return f"{name}__v{n}"
 
 
-def list_versions(store: Any, name: str) -> list[tuple[int, str]]:
+def list_versions(store: Store, name: str) -> list[tuple[int, str]]:
     """(version number, collection) of every `name__vN`, ascending."""
     pat = re.compile(rf"^{re.escape(name)}__v(\d+)$")
     found = [(int(m.group(1)), c) for c in store.list_collections() if (m := pat.match(c))]
@@ -384,19 +386,14 @@ def _default_ingest(spec: JobSpec | None = None) -> IngestFn:
     return run_ingest
 
 
-def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, collection: str, *, prune: bool,
+def _ingest(ingest_fn: IngestFn, store: Store, embedder: Embedder, spec: JobSpec, collection: str, *, prune: bool,
             progress: bool) -> Any:
     extra: dict[str, Any] = {}
-    if spec.tag_labels and (spec.tag_threshold is not None or spec.tag_top is not None):
-        # run_ingest's tag_labels uses the tagging defaults; a threshold/top needs our own tagger,
-        # which records the labels in the collection's metadata, so the collection must exist first.
-        from mmrag.ingest import ensure_collection
-        from mmrag.tasks.tagging import make_ingest_tagger
+    if spec.tag_labels:
+        from mmrag.tasks.tagging import ingest_tagger
 
-        ensure_collection(store, embedder, collection)
-        top = {} if spec.tag_top is None else {"top": spec.tag_top}
-        extra["tagger"] = make_ingest_tagger(
-            embedder, spec.tag_labels, store=store, collection=collection, threshold=spec.tag_threshold, **top
+        extra["tagger"] = ingest_tagger(
+            store, embedder, collection, spec.tag_labels, threshold=spec.tag_threshold, top=spec.tag_top
         )
     return ingest_fn(
         store,
@@ -407,7 +404,6 @@ def _ingest(ingest_fn: IngestFn, store: Any, embedder: Any, spec: JobSpec, colle
         prune=prune,
         options=spec.options,
         progress=progress,
-        tag_labels=spec.tag_labels,
         **extra,
     )
 
@@ -420,7 +416,7 @@ def _record_ingest(r: JobReport, rep: Any) -> None:
         r.status = "partial"
 
 
-def _validate_version(store: Any, embedder: Any, collection: str) -> None:
+def _validate_version(store: Store, embedder: Embedder, collection: str) -> None:
     """A new version goes live only if it holds points of the embedder's space."""
     spec = store.get_spec(collection)
     if spec is None:
@@ -450,8 +446,8 @@ def _evaluation_gate(r: JobReport, store: Any, embedder: Any, spec: JobSpec, *, 
 
 def _build_and_switch(
     r: JobReport,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     spec: JobSpec,
     *,
     ingest_fn: IngestFn,
@@ -527,7 +523,7 @@ def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: 
                       f"{live!r}: " + "; ".join(result.reasons))
 
 
-def _retire(store: Any, name: str, *, new: str, previous: str | None, keep: int, grace_s: float) -> list[str]:
+def _retire(store: Store, name: str, *, new: str, previous: str | None, keep: int, grace_s: float) -> list[str]:
     """Delete versions beyond `keep`: the new one and the one it replaced are the last to go."""
     others = [c for _, c in reversed(list_versions(store, name)) if c not in (new, previous)]
     order = [new] + ([previous] if previous and previous != new and previous in _names(store, name) else []) + others
@@ -545,12 +541,12 @@ def _retire(store: Any, name: str, *, new: str, previous: str | None, keep: int,
     return deleted
 
 
-def _is_complete(store: Any, collection: str) -> bool:
+def _is_complete(store: Store, collection: str) -> bool:
     spec = store.get_spec(collection)
     return spec is not None and COMPLETE_KEY in spec.extra
 
 
-def _names(store: Any, name: str) -> set[str]:
+def _names(store: Store, name: str) -> set[str]:
     return {c for _, c in list_versions(store, name)}
 
 
@@ -558,8 +554,8 @@ def _names(store: Any, name: str) -> set[str]:
 def sync(
     job: JobSpec | PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     ingest_fn: IngestFn | None = None,
     prune: bool | None = None,
@@ -605,8 +601,8 @@ def sync(
 def rebuild(
     job: JobSpec | PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     keep: int | None = None,
     ingest_fn: IngestFn | None = None,
@@ -645,7 +641,7 @@ def rebuild(
 def rollback(
     name: str,
     *,
-    store: Any,
+    store: Store,
     home: Path | str,
     to: int | str | None = None,
     lock: bool = True,
@@ -682,8 +678,8 @@ def rollback(
 def run_pipeline(
     pdef: PipelineDef,
     *,
-    store: Any,
-    embedder: Any,
+    store: Store,
+    embedder: Embedder,
     home: Path | str,
     rebuild_all: bool = False,
     options: Any = None,

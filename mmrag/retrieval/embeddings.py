@@ -8,6 +8,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
+from mmrag.embedders.base import Embedder
 from mmrag.retrieval.queries import ImageQuery, load_query_image
 
 
@@ -16,10 +17,20 @@ class MultimodalEmbeddings(Embeddings):
 
     `MultimodalEmbeddings(model="clip-vit-b32")` loads through the registry
     (default: the `MMRAG_MODEL` setting); `MultimodalEmbeddings(embedder=...)`
-    wraps one already loaded.
+    wraps one already loaded. Images are decoded by ingestion's rules; `draft_size`
+    must be the JPEG draft size the collection was ingested with (None: full size,
+    the default ingestion; with `fast_preprocess=True` it is the model's image size).
     """
 
-    def __init__(self, model: str | None = None, *, embedder: Any = None, device: str = "auto", **load_kwargs: Any):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        embedder: Embedder | None = None,
+        device: str = "auto",
+        draft_size: int | None = None,
+        **load_kwargs: Any,
+    ):
         if embedder is None:
             from mmrag.embedders import load_embedder
 
@@ -31,6 +42,9 @@ class MultimodalEmbeddings(Embeddings):
             embedder = load_embedder(model, device=device, **load_kwargs)
         self.embedder = embedder
         self.model = embedder.info.model_id
+        if draft_size is None and load_kwargs.get("fast_preprocess"):
+            draft_size = embedder.info.image_size
+        self.draft_size = draft_size
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
@@ -50,12 +64,12 @@ class MultimodalEmbeddings(Embeddings):
 
     def embed_query_image(self, image: ImageQuery | str) -> list[float]:
         """The vector of one image query."""
-        return self.embedder.embed_images([load_query_image(image)])[0].tolist()
+        return self.embedder.embed_images([load_query_image(image, draft_size=self.draft_size)])[0].tolist()
 
     def embed_images(self, images: Sequence[ImageQuery | str]) -> list[list[float]]:
         if not images:
             return []
-        return self.embedder.embed_images([load_query_image(i) for i in images]).tolist()
+        return self.embedder.embed_images([load_query_image(i, draft_size=self.draft_size) for i in images]).tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_documents, texts)

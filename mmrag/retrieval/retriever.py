@@ -17,14 +17,15 @@ import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
+from mmrag.embedders.base import Embedder
 from mmrag.retrieval.calibration import relevance_threshold
 from mmrag.retrieval.documents import document_from_point
 from mmrag.retrieval.queries import TARGETS, Query, Target, is_image_query, load_query_image
-from mmrag.store.base import MmrParams
+from mmrag.store.base import MmrParams, Store
 from mmrag.store.filters import filter_from_dict, merge_filters
-from mmrag.store.schema import IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, check_model
+from mmrag.store.schema import DRAFT_SIZE_KEY, IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, check_model
 
 # Hybrid RRF weights. Qdrant's weighted RRF scores rank r (from 0) as 1 / ((r+1)/w + k-1),
 # so with k=2 one list can add at most 1.0, which is what a point ranked first by both
@@ -54,11 +55,12 @@ class MultimodalRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    store: Any = Field(description="a mmrag.store.Store")
-    embedder: Any = Field(description="a mmrag.embedders.Embedder")
+    # Typed as our protocols, not validated: any object with the methods will do (fakes in tests too).
+    store: SkipValidation[Store] = Field(description="a mmrag.store.Store")
+    embedder: SkipValidation[Embedder] = Field(description="a mmrag.embedders.Embedder")
     collection: str = "mmrag"
     k: int = 4
-    target: Target = IMAGE_VECTOR
+    target: Target = "image"  # IMAGE_VECTOR
     score_threshold: float | None = None
     filter: dict[str, Any] | None = None
     include_image: Literal["path", "data_uri"] | None = None
@@ -73,15 +75,20 @@ class MultimodalRetriever(BaseRetriever):
     mmr_lambda: float = 0.5
     mmr_candidates: int = 50
     min_relevance: float | None = None
+    # JPEG draft size for image queries; None: the one the collection was ingested with.
+    draft_size: int | None = None
 
     _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
     _checked: set[str] = PrivateAttr(default_factory=set)
+    _draft_cache: dict[str, int | None] = PrivateAttr(default_factory=dict)
 
     # --- query embedding --------------------------------------------------------------
-    def embed_query(self, query: Query, query_type: str | None = None) -> np.ndarray:
+    def embed_query(self, query: Query, query_type: str | None = None, *, draft_size: int | None = None) -> np.ndarray:
         kind = query_type or self.query_type
         if kind == "image" or (kind == "auto" and is_image_query(query)):
-            return self.embedder.embed_images([load_query_image(query)])[0]
+            if draft_size is None:
+                draft_size = self._draft_size(self.store.resolve(self.collection))
+            return self.embedder.embed_images([load_query_image(query, draft_size=draft_size)])[0]
         if not isinstance(query, str):
             raise TypeError(f"a text query must be a str, got {type(query).__name__}")
         return self.embedder.embed_texts([query])[0]
@@ -145,6 +152,16 @@ class MultimodalRetriever(BaseRetriever):
         if collection not in self._checked:
             check_model(self.store.get_spec(collection), self.embedder.info)
             self._checked.add(collection)
+
+    def _draft_size(self, collection: str) -> int | None:
+        """Decode query JPEGs as ingestion decoded the stored ones (recorded in the collection)."""
+        if self.draft_size is not None:
+            return self.draft_size or None
+        if collection not in self._draft_cache:
+            spec = self.store.get_spec(collection)
+            recorded = (spec.extra or {}).get(DRAFT_SIZE_KEY) if spec else None
+            self._draft_cache[collection] = int(recorded) if recorded else None
+        return self._draft_cache[collection]
 
     def _thresholds(self, args: dict[str, Any], collection: str) -> dict[str, float]:
         """Per dense vector, the cosine a hit must exceed under `min_relevance` (empty without it)."""

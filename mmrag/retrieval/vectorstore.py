@@ -166,7 +166,7 @@ class MultimodalVectorStore(VectorStore):
         return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
                                                             lambda_mult, filter, **kwargs)
 
-    def _select_relevance_score_fn(self):  # type: ignore[override]
+    def _select_relevance_score_fn(self):
         return self._cosine_relevance_score_fn
 
     @classmethod

@@ -6,8 +6,6 @@ Handlers are thin: each parses its request into one `SearchService` call. Errors
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -21,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmrag.errors import MmragError, NotFoundError, UsageError
+from mmrag.retrieval.queries import decode_base64_image
 from mmrag.server.metrics import Metrics, MetricsMiddleware
 from mmrag.server.security import ApiKeyMiddleware, BodyLimitMiddleware
 from mmrag.service import SearchService, collections, hit_dict, targets
@@ -56,17 +55,6 @@ class ClassifyRequest(BaseModel):
     image_base64: str
     labels: list[str] = Field(min_length=1)
     top_k: int = Field(default=5, ge=1, le=1000)
-
-
-def decode_base64(text: str) -> bytes:
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if ";base64" not in header:
-            raise UsageError("data URIs must be base64-encoded: data:image/<type>;base64,<data>")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise UsageError(f"image_base64 is not valid base64 ({e})") from e
 
 
 def _filter_form(text: str | None) -> dict[str, Any] | None:
@@ -148,6 +136,12 @@ def create_app(
         status = exc.http_status if 400 <= exc.http_status < 600 else 500
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @api.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        # The library's own argument checks (a filter operator, an unindexed facet, ...) raise
+        # ValueError: the request was wrong, so it is a 400 with the message, never a 500.
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
     # --- health ------------------------------------------------------------------------------
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -192,7 +186,7 @@ def create_app(
 
     @api.post(f"{API}/search/image", tags=["search"])
     def search_image(req: ImageSearchRequest) -> dict[str, Any]:
-        docs = service.search_image(decode_base64(req.image_base64), k=req.k, target=req.target, filter=req.filter,
+        docs = service.search_image(decode_base64_image(req.image_base64), k=req.k, target=req.target, filter=req.filter,
                                     score_threshold=req.score_threshold)
         return _hits(service, docs, target=req.target)
 
@@ -230,7 +224,7 @@ def create_app(
     # --- classification ----------------------------------------------------------------------
     @api.post(f"{API}/classify", tags=["classify"])
     def classify(req: ClassifyRequest) -> dict[str, Any]:
-        top = service.classify(decode_base64(req.image_base64), req.labels, top_k=req.top_k)
+        top = service.classify(decode_base64_image(req.image_base64), req.labels, top_k=req.top_k)
         return {"labels": [{"label": label, "probability": p} for label, p in top]}
 
     @api.post(f"{API}/classify/upload", tags=["classify"])

@@ -39,9 +39,9 @@ def _hit_blocks(service: SearchService, docs: list, *, images: bool) -> list[Tex
 
 
 def _image_bytes(image_base64: str) -> bytes:
-    from mmrag.server.api import decode_base64
+    from mmrag.retrieval.queries import decode_base64_image
 
-    return decode_base64(image_base64)
+    return decode_base64_image(image_base64)
 
 
 def _tool_errors(fn: Any) -> Any:

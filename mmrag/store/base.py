@@ -41,7 +41,8 @@ class MmrParams:
 class Store(Protocol):
     """Minimal surface mmrag needs from Qdrant. Every backend passes the same tests."""
 
-    backend_name: str
+    @property
+    def backend_name(self) -> str: ...  # a property, so a wrapper (RetryingStore) can pass it through
 
     # --- collections ----------------------------------------------------------
     def list_collections(self) -> list[str]: ...
@@ -151,3 +152,28 @@ class ThreadedAsyncMixin:
         self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
     ) -> list[models.ScoredPoint]:
         return await asyncio.to_thread(self.search_fused, name, vectors, **kwargs)  # type: ignore[attr-defined]
+
+
+# Qdrant's RRF constant for our fused queries: 1 / (k + rank), both backends the same.
+RRF_K = 2
+
+
+def fusion_weights(
+    names: Sequence[str], fusion: FusionMethod, weights: Mapping[str, float] | None
+) -> list[float] | None:
+    """Per-prefetch RRF weights in prefetch order (None: all equal); DBSF takes none."""
+    if fusion not in ("rrf", "dbsf"):
+        raise ValueError(f"fusion must be 'rrf' or 'dbsf', not {fusion!r}")
+    if not weights:
+        return None
+    if fusion == "dbsf":
+        raise ValueError("fusion weights apply to RRF only; DBSF normalises each list's scores itself")
+    unknown = set(weights) - set(names)
+    if unknown:
+        raise ValueError(f"fusion weights name vectors that are not searched: {sorted(unknown)}")
+    return [float(weights.get(n, 1.0)) for n in names]
+
+
+def default_prefetch_limit(limit: int) -> int:
+    """Candidates fetched per named vector before fusion when the caller does not say (every backend)."""
+    return max(limit * 3, 10)

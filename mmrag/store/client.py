@@ -11,8 +11,7 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from mmrag.store.base import FusionMethod, MmrParams, ThreadedAsyncMixin
-from mmrag.store.edge import RRF_K, bm25_document, bm25_query, default_prefetch_limit, fusion_weights
+from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
 from mmrag.store.schema import (
     BM25_MODEL,
     BM25_OPTIONS,
@@ -143,12 +142,16 @@ class QdrantClientStore(ThreadedAsyncMixin):
         """BM25 text for the engine: server-side inference on a server; local mode has no
         inference service (it would need fastembed), so it uses the same Qdrant BM25 from qdrant-edge."""
         if self._local:
+            from mmrag.store.edge import bm25_document  # in-process mode only: a server never loads qdrant-edge
+
             vec = bm25_document(doc)
             return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
         return models.Document(text=bm25_input(doc.text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
 
     def _sparse_query(self, text: str) -> models.Document | models.SparseVector:
         if self._local:
+            from mmrag.store.edge import bm25_query  # in-process mode only
+
             vec = bm25_query(text)
             return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
         return models.Document(text=bm25_input(text), model=BM25_MODEL, options=dict(BM25_OPTIONS))

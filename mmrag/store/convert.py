@@ -13,7 +13,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from qdrant_client import models
 
 from mmrag.store.schema import BM25_MODEL, IMAGE_VECTOR, PAYLOAD_FIELDS, SPARSE_VECTOR, TEXT_VECTOR
+from mmrag.values import rfc3339
 
 # Fixed forever: changing it would change every point id of every existing collection.
 MMRAG_NAMESPACE: uuid.UUID = uuid.UUID("831e4cc0-c18d-5d78-a9a9-141a47355af4")
@@ -89,15 +90,6 @@ class _Drop:
 _DROP = _Drop()
 
 
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError(
-            f"datetime {moment.isoformat()} has no time zone; pass an aware datetime, "
-            "e.g. datetime.now(timezone.utc)"
-        )
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _json_safe(value: Any, where: str) -> Any:
     """A JSON-safe copy of `value`, or _DROP. `where` names the key for error messages."""
     if value is None:
@@ -113,7 +105,7 @@ def _json_safe(value: Any, where: str) -> Any:
     if isinstance(value, str):
         return value
     if isinstance(value, datetime):
-        return _rfc3339(value)
+        return rfc3339(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, PurePath):
@@ -131,8 +123,8 @@ def _json_safe(value: Any, where: str) -> Any:
         value = value.tolist()
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        converted_items = [_json_safe(item, f"{where}[]") for item in items]
-        return [item for item in converted_items if item is not _DROP]
+        # Positions matter inside a list (as in manifest.json_safe): an unusable element becomes null.
+        return [None if (item := _json_safe(x, f"{where}[]")) is _DROP else item for x in items]
     if isinstance(value, np.generic):
         return _json_safe(value.item(), where)
     raise ValueError(
@@ -157,7 +149,7 @@ def payload_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
             continue
         if key == "tags":
             # Always a list of strings, so `tags=cat` matches whether one tag or many were given.
-            converted = [str(tag) for tag in (converted if isinstance(converted, list) else [converted])]
+            converted = [str(tag) for tag in (converted if isinstance(converted, list) else [converted]) if tag is not None]
         out[key] = converted
     return out
 
@@ -195,7 +187,7 @@ def build_payload(
         "file_size": int(file_size),
         "mtime": float(mtime),
         "model_id": str(model_id),
-        "ingested_at": _rfc3339(ingested_at),
+        "ingested_at": rfc3339(ingested_at),
         "has_caption": "yes" if text else "no",
     }
     payload.update(payload_metadata(metadata))

@@ -46,7 +46,7 @@ from qdrant_client import models
 
 from mmrag.errors import LockHeldError, RunFailed
 from mmrag.flock import describe_holder, process_holder, release, try_lock
-from mmrag.store.base import FusionMethod, MmrParams, ThreadedAsyncMixin
+from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
 from mmrag.store.schema import (
     BM25_MODEL,
     IMAGE_VECTOR,
@@ -59,6 +59,7 @@ from mmrag.store.schema import (
     missing_sparse_message,
 )
 from mmrag.store.space import CREATE_BYTES, DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
+from mmrag.values import rfc3339
 
 try:  # POSIX only; elsewhere alias writers are serialised per process only
     import fcntl
@@ -67,7 +68,6 @@ except ImportError:  # pragma: no cover - Windows
 
 # Same constant qdrant-client (local mode) and the Qdrant server use by default,
 # so both backends fuse identically: score = sum over rankings of 1 / (k + rank0).
-RRF_K = 2
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
@@ -203,11 +203,11 @@ def _to_edge_match(match: Any) -> Any:
     if isinstance(match, models.MatchAny):
         for value in match.any:
             _check_not_bool(value)
-        return qe.MatchAny(list(match.any))
+        return qe.MatchAny(list(match.any))  # type: ignore[arg-type]  # str or int values, checked above
     if isinstance(match, models.MatchExcept):
         for value in match.except_:
             _check_not_bool(value)
-        return qe.MatchExcept(list(match.except_))
+        return qe.MatchExcept(list(match.except_))  # type: ignore[arg-type]  # str or int values, checked above
     if isinstance(match, models.MatchText):
         return qe.MatchText(match.text)
     if isinstance(match, models.MatchTextAny):
@@ -222,13 +222,7 @@ def _to_edge_match(match: Any) -> Any:
 
 
 def _rfc3339(value: dt.datetime | dt.date | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.datetime):  # a bare date means its midnight, UTC
-        value = dt.datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:  # the server reads naive datetimes as UTC; so do we
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.isoformat()
+    return None if value is None else rfc3339(value)
 
 
 def _to_edge_range(rng: Any) -> Any:
@@ -618,7 +612,7 @@ class EdgeStore(ThreadedAsyncMixin):
                 config = qe.EdgeConfig(
                     vectors=self._vector_params(spec.dim),
                     sparse_vectors=self._sparse_params(spec.has_sparse),
-                    hnsw_config=qe.HnswIndexConfig(**self._hnsw),
+                    hnsw_config=qe.HnswIndexConfig(**self._hnsw),  # type: ignore[arg-type]  # m / ef_construct ints
                     optimizers=(
                         qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
                         if self._indexing_threshold_kb is not None
@@ -907,7 +901,7 @@ class EdgeStore(ThreadedAsyncMixin):
             for vector_name, query in queries.items()
         ]
         fuse = fusion_weights(list(queries), fusion, weights)
-        fusion_query = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=RRF_K, weights=fuse)
+        fusion_query: Any = qe.Fusion.Dbsf() if fusion == "dbsf" else qe.Fusion.Rrf(k=RRF_K, weights=fuse)
         if mmr is None:
             request = qe.QueryRequest(
                 limit=limit, query=fusion_query, prefetches=prefetches, filter=edge_filter, with_payload=True
@@ -979,27 +973,6 @@ def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
                 f"collection {name!r} returned score {hit.score!r} for point {hit.id}, impossible for a cosine "
                 f"similarity: its vector files are damaged. Rebuild it (`mmrag reindex {name} --rebuild`)."
             )
-
-
-def fusion_weights(
-    names: Sequence[str], fusion: FusionMethod, weights: Mapping[str, float] | None
-) -> list[float] | None:
-    """Per-prefetch RRF weights in prefetch order (None: all equal); DBSF takes none."""
-    if fusion not in ("rrf", "dbsf"):
-        raise ValueError(f"fusion must be 'rrf' or 'dbsf', not {fusion!r}")
-    if not weights:
-        return None
-    if fusion == "dbsf":
-        raise ValueError("fusion weights apply to RRF only; DBSF normalises each list's scores itself")
-    unknown = set(weights) - set(names)
-    if unknown:
-        raise ValueError(f"fusion weights name vectors that are not searched: {sorted(unknown)}")
-    return [float(weights.get(n, 1.0)) for n in names]
-
-
-def default_prefetch_limit(limit: int) -> int:
-    """Candidates fetched per named vector before fusion when the caller does not say."""
-    return max(limit * 3, 10)
 
 
 def _schema_value(schema: models.PayloadSchemaType | str) -> str:

@@ -183,7 +183,9 @@ def _sub_filters(key: str, value: Any, depth: int = 0) -> list[models.Filter]:
     for sub in subs:
         if not isinstance(sub, Mapping) or not sub:
             raise ValueError(f"{key!r}: each entry must be a non-empty filter dict, got {sub!r}")
-        out.append(_filter_from_dict(sub, depth + 1))
+        built = _filter_from_dict(sub, depth + 1)
+        if built is not None:  # a non-empty dict always builds one
+            out.append(built)
     return out
 
 

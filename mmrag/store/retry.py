@@ -43,7 +43,7 @@ try:  # grpc ships with qdrant-client, but keep the module importable without it
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 except ImportError:  # pragma: no cover - depends on the environment
-    grpc = None  # type: ignore[assignment]
+    grpc = None
     _GRPC_TRANSIENT = set()
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class RetryingStore:
     def _unavailable(self, operation: str, error: tenacity.RetryError, started: float) -> StoreUnavailable:
         state = error.last_attempt
         last = state.exception()
-        return StoreUnavailable(operation, state.attempt_number, time.monotonic() - started, last)
+        return StoreUnavailable(operation, state.attempt_number, time.monotonic() - started, last)  # type: ignore[arg-type]  # a failed attempt has one
 
     def _call(self, operation: str, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         probe = _ALREADY_DONE.get(operation)

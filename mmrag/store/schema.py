@@ -21,6 +21,9 @@ SCHEMA_VERSION = 1
 IMAGE_VECTOR = "image"
 TEXT_VECTOR = "text"
 VECTOR_NAMES = (IMAGE_VECTOR, TEXT_VECTOR)
+# Collection metadata key: the JPEG draft size ingestion decoded with (0: full size). Query
+# images are decoded with the same one, so a stored file used as a query finds itself.
+DRAFT_SIZE_KEY = "decode_draft_size"
 
 # The sparse vector: BM25 of the caption (and of manifest text fields the user names),
 # computed by the engine itself (qdrant-edge's Bm25 embedded, server-side inference on a

@@ -282,11 +282,11 @@ def _decode_paths(
 
 def load_image(source: str | os.PathLike[str] | Image.Image, **decode_options: Any) -> Image.Image:
     """An RGB image from a path (corpus decoding rules) or a PIL image. Raises ValueError with the reason."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    from mmrag.corpus import ImageDecodeError, load_rgb
+    from mmrag.corpus import ImageDecodeError, image_to_rgb, load_rgb
 
     try:
+        if isinstance(source, Image.Image):
+            return image_to_rgb(source)  # ingestion's rule: a transparent pixel comes out white
         return load_rgb(Path(source), **decode_options)
     except ImageDecodeError as exc:
         raise ValueError(f"cannot use image {str(source)!r}: {exc.reason}") from exc
@@ -336,7 +336,7 @@ def embed_image_sources(
     try:
         for i in in_memory:
             pending_rows.append([i])
-            pending_px.append(embedder.preprocess(sources[i].convert("RGB")))  # type: ignore[union-attr]
+            pending_px.append(embedder.preprocess(load_image(sources[i])))
             if len(pending_px) >= batch_size:
                 flush()
         for key, result in _decode_paths([Path(p) for p in by_path], embedder.preprocess, workers, decode_options):

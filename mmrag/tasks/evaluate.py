@@ -20,7 +20,6 @@ recall@k is the share of queries with rank <= k; MRR the mean of 1/rank.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from mmrag.corpus.manifest import read_pairs as read_manifest_pairs
 from mmrag.embedders.base import Embedder
 from mmrag.tasks.classify import ZeroShotClassifier, embed_image_sources
+from mmrag.tasks.metrics import mean_reciprocal_rank, median_rank, ranks, recall_at_k, relevance_mask
 
 __all__ = [
     "DirectionMetrics",
@@ -48,57 +49,6 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 5, 10)
-
-
-# --------------------------------------------------------------------------- pure metrics
-
-
-def relevance_mask(relevant: Any, shape: tuple[int, int]) -> np.ndarray:
-    """(Q, N) boolean mask from a mask, a (Q,) array of single relevant indices, or Q iterables of indices."""
-    if isinstance(relevant, np.ndarray) and relevant.dtype == bool:
-        if relevant.shape != shape:
-            raise ValueError(f"relevance mask has shape {relevant.shape}, similarity matrix {shape}")
-        return relevant
-    mask = np.zeros(shape, dtype=bool)
-    rows = list(relevant)
-    if len(rows) != shape[0]:
-        raise ValueError(f"{len(rows)} relevance entries for {shape[0]} queries")
-    for q, rel in enumerate(rows):
-        idx = [int(rel)] if np.isscalar(rel) else [int(j) for j in rel]
-        mask[q, idx] = True
-    return mask
-
-
-def ranks(sim: np.ndarray, relevant: Any) -> np.ndarray:
-    """1-based rank of the best-ranked relevant item for each query (row of `sim`).
-
-    rank = 1 + number of irrelevant items scoring strictly higher than the best
-    relevant one. Every query needs at least one relevant item.
-    """
-    sim = np.asarray(sim, dtype=np.float64)
-    if sim.ndim != 2:
-        raise ValueError(f"similarity matrix must be 2-D, got shape {sim.shape}")
-    mask = relevance_mask(relevant, sim.shape)
-    empty = np.flatnonzero(~mask.any(axis=1))
-    if len(empty):
-        raise ValueError(f"queries without any relevant item: {empty.tolist()}")
-    best = np.where(mask, sim, -np.inf).max(axis=1)
-    return 1 + ((sim > best[:, None]) & ~mask).sum(axis=1)
-
-
-def recall_at_k(sim: np.ndarray, relevant: Any, k: int) -> float:
-    """Share of queries whose best relevant item is within the top k."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return float(np.mean(ranks(sim, relevant) <= k))
-
-
-def mean_reciprocal_rank(rank_values: np.ndarray) -> float:
-    return float(np.mean(1.0 / np.asarray(rank_values, dtype=np.float64)))
-
-
-def median_rank(rank_values: np.ndarray) -> float:
-    return float(np.median(np.asarray(rank_values, dtype=np.float64)))
 
 
 # --------------------------------------------------------------------------- zero-shot
@@ -330,43 +280,12 @@ class RetrievalReport:
 
 
 def read_pairs(manifest: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
-    """(image path, caption) pairs of a `.jsonl`/`.csv`/`.parquet` manifest.
+    """(image path, caption) pairs of a `.jsonl`/`.csv`/`.parquet` manifest, paths as strings.
 
-    Unlike ingestion manifests, a path may repeat (one row per caption), and a
-    JSONL row may carry a `captions` list instead of `caption`. Relative paths
-    are resolved against `root` (default: the manifest's folder). Rows without
-    a caption are ignored.
+    The corpus reader (`mmrag.corpus.manifest.read_pairs`) does the reading: one
+    set of formats and path rules for ingestion, evaluation and fine-tuning.
     """
-    from mmrag.corpus.manifest import resolve_manifest_path
-
-    manifest = Path(manifest)
-    base = Path(os.path.normpath(Path(root if root is not None else manifest.parent).absolute()))
-    suffix = manifest.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with manifest.open(encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-    elif suffix == ".csv":
-        with manifest.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(manifest).to_pylist()
-    else:
-        raise ValueError(f"unsupported manifest format {manifest.name!r}: expected .jsonl, .csv or .parquet")
-    pairs: list[tuple[str, str]] = []
-    for n, row in enumerate(rows, 1):
-        raw = row.get("path")
-        if not isinstance(raw, str) or not raw.strip():
-            raise ValueError(f"{manifest.name} row {n}: missing 'path'")
-        resolved, _ = resolve_manifest_path(raw.strip(), base)
-        captions = row.get("captions")
-        if not isinstance(captions, list):
-            captions = [row.get("caption")]
-        for cap in captions:
-            if isinstance(cap, str) and cap.strip():
-                pairs.append((str(resolved), cap.strip()))
-    return pairs
+    return [(str(p), c) for p, c in read_manifest_pairs(Path(manifest), root=root)]
 
 
 def eval_retrieval(

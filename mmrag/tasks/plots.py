@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmrag.errors import UsageError
+
 __all__ = [
     "classification_figure_size",
     "confusion_figure_size",
@@ -33,9 +35,18 @@ CELL_INCHES = 2.5  # one panel of the search grid, square
 THUMBNAIL = 512  # images are shrunk before drawing: a grid never needs full resolution
 
 
+class PlottingUnavailable(UsageError):
+    """matplotlib is an optional extra: `pip install 'mmrag[plot]'`."""
+
+
 def _figure(width_in: float, height_in: float, dpi: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlottingUnavailable(
+            "plots need matplotlib, an optional extra: pip install 'mmrag[plot]' (or matplotlib>=3.8)"
+        ) from exc
 
     fig = Figure(figsize=(width_in, height_in), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -57,15 +68,12 @@ def _thumbnail(source: str | os.PathLike[str] | Image.Image | None) -> Image.Ima
     """RGB thumbnail of a path or PIL image; None when there is none or it cannot be read."""
     if source is None:
         return None
-    if isinstance(source, Image.Image):
-        img = source.convert("RGB")
-    else:
-        from mmrag.corpus import ImageDecodeError, load_rgb
+    from mmrag.corpus import ImageDecodeError, image_to_rgb, load_rgb
 
-        try:
-            img = load_rgb(Path(source))
-        except (ImageDecodeError, OSError, ValueError):
-            return None
+    try:
+        img = image_to_rgb(source) if isinstance(source, Image.Image) else load_rgb(Path(source))
+    except (ImageDecodeError, OSError, ValueError):
+        return None
     img = img.copy()
     img.thumbnail((THUMBNAIL, THUMBNAIL))
     return img

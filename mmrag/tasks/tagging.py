@@ -42,6 +42,7 @@ METADATA_KEY = "tagging"
 __all__ = [
     "TagReport",
     "TagResult",
+    "ingest_tagger",
     "make_ingest_tagger",
     "tag_collection",
     "tags_for_vectors",
@@ -277,3 +278,24 @@ def make_ingest_tagger(
         return [r.payload() for r in tags_for_vectors(vectors, label_matrix, scale, threshold, top, labels=clf.labels)]
 
     return tagger
+
+
+def ingest_tagger(
+    store: Store,
+    embedder: Embedder,
+    collection: str,
+    labels: Sequence[str],
+    *,
+    threshold: float | None = None,
+    top: int | None = None,
+) -> Callable[[np.ndarray], list[dict[str, Any]]]:
+    """The tagger `run_ingest(tagger=...)` takes: creates/checks the collection, then `make_ingest_tagger`.
+
+    The collection must exist first because the labels are recorded in its metadata.
+    """
+    from mmrag.ingest import ensure_collection
+
+    target = ensure_collection(store, embedder, collection)
+    if top is None:  # make_ingest_tagger's default
+        return make_ingest_tagger(embedder, list(labels), store=store, collection=target, threshold=threshold)
+    return make_ingest_tagger(embedder, list(labels), store=store, collection=target, threshold=threshold, top=top)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+
+from mmrag.corpus.manifest import read_pairs as read_manifest_pairs
+from mmrag.corpus.types import SkippedFile
+from mmrag.tasks.metrics import group_mask, ranks
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,7 @@ class FinetuneResult:
     global_step: int = 0
     best_metric: float | None = None
     stopped_early: bool = False  # max_steps reached before the last epoch ended
+    skipped: list[SkippedFile] = field(default_factory=list)  # images that could not be decoded
 
 
 # --------------------------------------------------------------------------- objective
@@ -126,66 +131,25 @@ def clamp_logit_scale(model: torch.nn.Module) -> None:
 
 
 def recall_at_k(
-    similarity: torch.Tensor, query_groups: Sequence[int] | torch.Tensor, gallery_groups: Sequence[int] | torch.Tensor,
+    similarity: torch.Tensor | np.ndarray, query_groups: Sequence[int], gallery_groups: Sequence[int],
     ks: Sequence[int] = (1, 5),
 ) -> dict[int, float]:
-    """Fraction of queries with a relevant item among the top k (relevant: same group id).
-
-    Groups make duplicates honest: every gallery item whose group (e.g. caption)
-    equals the query's counts as a hit.
-    """
-    q = torch.as_tensor(query_groups, device=similarity.device)
-    g = torch.as_tensor(gallery_groups, device=similarity.device)
-    out: dict[int, float] = {}
-    for k in ks:
-        k_eff = min(k, similarity.shape[1])
-        top = similarity.topk(k_eff, dim=1).indices
-        hits = (g[top] == q[:, None]).any(dim=1)
-        out[k] = float(hits.float().mean())
-    return out
+    """Recall@k for each k, relevance by group id: `mmrag.tasks.metrics` (the one implementation)."""
+    sim = similarity.detach().float().cpu().numpy() if isinstance(similarity, torch.Tensor) else np.asarray(similarity)
+    mask = group_mask(query_groups, gallery_groups)
+    rank = ranks(sim, mask)
+    return {k: float(np.mean(rank <= k)) for k in ks}
 
 
 # --------------------------------------------------------------------------- data
 
 
 def read_pairs(manifest: str | Path, *, path_column: str = "path", caption_column: str = "caption") -> list[tuple[Path, str]]:
-    """(absolute image path, caption) rows of a jsonl / csv / parquet manifest.
-
-    Relative paths are resolved against the manifest's folder; rows without a
-    caption are dropped.
-    """
-    manifest = Path(manifest)
-    suffix = manifest.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif suffix == ".csv":
-        import csv
-
-        with open(manifest, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(manifest).to_pylist()
-    else:
-        raise ValueError(f"unsupported manifest format {manifest.suffix!r}: use .jsonl, .csv or .parquet")
-    pairs = []
-    for row in rows:
-        if path_column not in row:
-            raise ValueError(f"manifest {manifest} has no {path_column!r} column")
-        text = row.get(caption_column)
-        if text is None or str(text).strip() == "":
-            continue
-        path = Path(row[path_column])
-        pairs.append((path if path.is_absolute() else manifest.parent / path, str(text)))
+    """(absolute image path, caption) rows of a manifest: the corpus reader, with a clear error when empty."""
+    pairs = read_manifest_pairs(Path(manifest), path_column=path_column, caption_column=caption_column)
     if not pairs:
         raise ValueError(f"manifest {manifest} holds no captioned rows (caption column {caption_column!r})")
     return pairs
-
-
-def _load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def pixels_uint8(image_processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -206,19 +170,47 @@ class PixelNormalizer:
         return (pixels.float() * self.factor - self.mean) / self.std
 
 
-def tensorize_images(image_processor: Any, paths: Sequence[Path], *, workers: int = 4, chunk: int = 256) -> torch.Tensor:
-    """Decode + preprocess every image once (thread pool): uint8 (N, 3, H, W)."""
+def load_rgb_images(paths: Sequence[Path], *, workers: int = 4) -> list[Image.Image | SkippedFile]:
+    """Each path decoded by ingestion's rule (`mmrag.corpus.decode`), or the SkippedFile saying why not."""
+    from mmrag.corpus import ImageDecodeError, load_rgb
 
-    def job(start: int) -> torch.Tensor:
-        return pixels_uint8(image_processor, [_load_rgb(p) for p in paths[start : start + chunk]])
+    def one(path: Path) -> Image.Image | SkippedFile:
+        try:
+            return load_rgb(path)
+        except ImageDecodeError as exc:
+            return SkippedFile(str(path), exc.reason)
 
-    starts = list(range(0, len(paths), chunk))
-    if workers <= 1 or len(starts) == 1:
-        parts = [job(s) for s in starts]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(job, starts))
-    return torch.cat(parts)
+    if workers <= 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, paths))
+
+
+def tensorize_images(
+    image_processor: Any, paths: Sequence[Path], *, workers: int = 4, chunk: int = 256
+) -> tuple[torch.Tensor, list[int], list[SkippedFile]]:
+    """Decode + preprocess every image once: (uint8 (N, 3, H, W), kept indices, skipped files).
+
+    A file that cannot be decoded is skipped and reported, never fatal: row i of the
+    tensor is the image of `paths[kept[i]]`.
+    """
+    kept: list[int] = []
+    skipped: list[SkippedFile] = []
+    parts: list[torch.Tensor] = []
+    for start in range(0, len(paths), chunk):
+        images = []
+        for i, result in enumerate(load_rgb_images(paths[start : start + chunk], workers=workers), start):
+            if isinstance(result, SkippedFile):
+                log.warning("skipping %s: %s", result.rel_path, result.reason)
+                skipped.append(result)
+            else:
+                kept.append(i)
+                images.append(result)
+        if images:
+            parts.append(pixels_uint8(image_processor, images))
+    if not parts:
+        raise ValueError("none of the images could be read: " + "; ".join(f"{s.rel_path}: {s.reason}" for s in skipped[:5]))
+    return torch.cat(parts), kept, skipped
 
 
 def tokenize(tokenizer: Any, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,8 +490,9 @@ def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult
 
     # ---- data: decode once, tokenise once, split once (seeded)
     pairs = read_pairs(config.manifest, path_column=config.path_column, caption_column=config.caption_column)
+    pixels, kept, skipped_files = tensorize_images(image_processor, [p for p, _ in pairs], workers=config.num_workers)
+    pairs = [pairs[i] for i in kept]  # an unreadable image drops its pair, not the run
     captions = [c for _, c in pairs]
-    pixels = tensorize_images(image_processor, [p for p, _ in pairs], workers=config.num_workers)
     input_ids, attention_mask = tokenize(tokenizer, captions)
     if device.type == "cuda":  # the whole (small) dataset lives on the GPU
         pixels, input_ids, attention_mask = pixels.to(device), input_ids.to(device), attention_mask.to(device)
@@ -585,7 +578,7 @@ def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult
                     save_checkpoint()
                 if hit_max and micro < micro_per_epoch:
                     stopped_early = True
-                    return _result(state, out, stopped_early)
+                    return _result(state, out, stopped_early, skipped_files)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             state["train_seconds"] += time.perf_counter() - t0
@@ -597,7 +590,7 @@ def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult
                 break
     finally:
         bar.close()
-    return _result(state, out, stopped_early)
+    return _result(state, out, stopped_early, skipped_files)
 
 
 def _end_epoch(
@@ -632,7 +625,7 @@ def _end_epoch(
     state.update(epoch=epoch, micro_step=0, loss_sum=0.0, loss_count=0)
 
 
-def _result(state: dict[str, Any], out: Path, stopped_early: bool) -> FinetuneResult:
+def _result(state: dict[str, Any], out: Path, stopped_early: bool, skipped: list[SkippedFile]) -> FinetuneResult:
     return FinetuneResult(
         best_epoch=state["best_epoch"],
         metrics=list(state["metrics"]),
@@ -641,6 +634,7 @@ def _result(state: dict[str, Any], out: Path, stopped_early: bool) -> FinetuneRe
         global_step=state["global_step"],
         best_metric=state["best_metric"],
         stopped_early=stopped_early,
+        skipped=list(skipped),
     )
 
 

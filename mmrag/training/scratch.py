@@ -16,13 +16,16 @@ from typing import Any, Literal
 
 import torch
 
+from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, CLIP_TEXT_LENGTH
+from mmrag.embedders.hf import quiet_transformers
 from mmrag.embedders.tokenizers import vocab_size, write_chinese_tokenizer, write_clip_tokenizer
 
 ScratchSize = Literal["tiny", "small", "base"]
 ScratchArch = Literal["clip", "chinese-clip"]
 
-CLIP_TEXT_MAX_LENGTH = 77
-CHINESE_TEXT_MAX_LENGTH = 52
+# the limits of the real models, defined once in mmrag.embedders.backends
+CLIP_TEXT_MAX_LENGTH = CLIP_TEXT_LENGTH
+CHINESE_TEXT_MAX_LENGTH = CHINESE_CLIP_TEXT_LENGTH
 
 
 @dataclass(frozen=True)
@@ -82,50 +85,76 @@ def build_scratch_model(
     preset = PRESETS[size]
     if image_size % preset.patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of the patch size {preset.patch_size}")
+    keep = None
+    if arch == "chinese-clip":
+        keep = list(keep_chars) if keep_chars is not None else list(_default_chinese_keep())
+    return build_model_dir(
+        out_dir, arch=arch, hidden=preset.hidden, layers=preset.layers, heads=preset.heads,
+        mlp_ratio=preset.mlp_ratio, projection_dim=preset.projection_dim, patch_size=preset.patch_size,
+        image_size=image_size, num_merges=preset.num_merges, keep=keep, seed=seed,
+    )  # fmt: skip
+
+
+def build_model_dir(
+    out_dir: str | Path,
+    *,
+    arch: ScratchArch,
+    hidden: int,
+    layers: int,
+    heads: int,
+    mlp_ratio: int,
+    projection_dim: int,
+    patch_size: int,
+    image_size: int,
+    num_merges: int = 8000,
+    keep: Iterable[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """The one builder of random-init CLIP / Chinese-CLIP directories (scratch presets and test models).
+
+    Writes the tokenizer (CLIP BPE with `num_merges`, or the Chinese BERT vocab reduced
+    to `keep`), the model and a matching processor. Weights depend only on `seed`; the
+    caller's RNG state is left untouched.
+    """
     logging.getLogger("transformers").setLevel(logging.ERROR)  # no-torchvision fallback notices
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vision = dict(
-        hidden_size=preset.hidden,
-        intermediate_size=preset.hidden * preset.mlp_ratio,
-        num_hidden_layers=preset.layers,
-        num_attention_heads=preset.heads,
-        image_size=image_size,
-        patch_size=preset.patch_size,
-        projection_dim=preset.projection_dim,
+    text = dict(
+        hidden_size=hidden, intermediate_size=hidden * mlp_ratio, num_hidden_layers=layers, num_attention_heads=heads
     )
-    with torch.random.fork_rng(devices=[]):
+    vision = dict(text, image_size=image_size, patch_size=patch_size, projection_dim=projection_dim)
+    with torch.random.fork_rng(devices=[]), quiet_transformers():  # no torchvision: PIL processors are expected
         torch.manual_seed(seed)
         if arch == "clip":
-            _build_clip(out, preset, vision, image_size)
+            from transformers import CLIPConfig, CLIPModel
+
+            write_clip_tokenizer(out, num_merges=num_merges, model_max_length=CLIP_TEXT_MAX_LENGTH)
+            n_vocab = vocab_size(out)
+            bos_id, eos_id = n_vocab - 2, n_vocab - 1  # <|startoftext|>, <|endoftext|>
+            config = CLIPConfig(
+                text_config=dict(
+                    text, vocab_size=n_vocab, max_position_embeddings=CLIP_TEXT_MAX_LENGTH, projection_dim=projection_dim,
+                    bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,  # pooling takes the first <|endoftext|>
+                ),
+                vision_config=vision, projection_dim=projection_dim,
+            )  # fmt: skip
+            model: Any = CLIPModel(config)
+        elif arch == "chinese-clip":
+            from transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+            write_chinese_tokenizer(out, keep=keep, model_max_length=CHINESE_TEXT_MAX_LENGTH)
+            config = ChineseCLIPConfig(
+                text_config=dict(
+                    text, vocab_size=vocab_size(out), max_position_embeddings=max(64, CHINESE_TEXT_MAX_LENGTH),
+                    type_vocab_size=2, pad_token_id=0,
+                ),
+                vision_config=vision, projection_dim=projection_dim,
+            )  # fmt: skip
+            model = ChineseCLIPModel(config)
         else:
-            _build_chinese_clip(out, preset, vision, image_size, keep_chars)
+            raise ValueError(f"arch must be 'clip' or 'chinese-clip', got {arch!r}")
+        save_with_processor(model.eval(), out, arch=arch, image_size=image_size)
     return out
-
-
-def _build_clip(out: Path, preset: ScratchPreset, vision: dict, image_size: int) -> None:
-    from transformers import CLIPConfig, CLIPModel
-
-    write_clip_tokenizer(out, num_merges=preset.num_merges, model_max_length=CLIP_TEXT_MAX_LENGTH)
-    n_vocab = vocab_size(out)
-    bos_id, eos_id = n_vocab - 2, n_vocab - 1
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=n_vocab,
-            hidden_size=preset.hidden,
-            intermediate_size=preset.hidden * preset.mlp_ratio,
-            num_hidden_layers=preset.layers,
-            num_attention_heads=preset.heads,
-            max_position_embeddings=CLIP_TEXT_MAX_LENGTH,
-            projection_dim=preset.projection_dim,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,  # pooling takes the first <|endoftext|>
-            pad_token_id=eos_id,
-        ),
-        vision_config=vision,
-        projection_dim=preset.projection_dim,
-    )
-    save_with_processor(CLIPModel(config), out, arch="clip", image_size=image_size)
 
 
 def save_with_processor(model: Any, out: Path, *, arch: str, image_size: int) -> None:
@@ -160,25 +189,3 @@ def save_with_processor(model: Any, out: Path, *, arch: str, image_size: int) ->
     processor.save_pretrained(out)
 
 
-def _build_chinese_clip(
-    out: Path, preset: ScratchPreset, vision: dict, image_size: int, keep_chars: Iterable[str] | None
-) -> None:
-    from transformers import ChineseCLIPConfig, ChineseCLIPModel
-
-    keep = list(keep_chars) if keep_chars is not None else list(_default_chinese_keep())
-    write_chinese_tokenizer(out, keep=keep, model_max_length=CHINESE_TEXT_MAX_LENGTH)
-    config = ChineseCLIPConfig(
-        text_config=dict(
-            vocab_size=vocab_size(out),
-            hidden_size=preset.hidden,
-            intermediate_size=preset.hidden * preset.mlp_ratio,
-            num_hidden_layers=preset.layers,
-            num_attention_heads=preset.heads,
-            max_position_embeddings=64,
-            type_vocab_size=2,
-            pad_token_id=0,
-        ),
-        vision_config=vision,
-        projection_dim=preset.projection_dim,
-    )
-    save_with_processor(ChineseCLIPModel(config), out, arch="chinese-clip", image_size=image_size)

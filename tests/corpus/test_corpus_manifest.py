@@ -159,10 +159,10 @@ def test_parquet_streams_batches_with_typed_metadata(images):
     pq.write_table(table, manifest, row_group_size=2)  # three row groups
     entries = list(read_manifest(manifest, batch_size=2))
     assert _summary(entries) == [
-        ("a.png", "first", {"score": 0.25, "count": 1, "taken": "2021-05-01T12:30:00", "labels": ["cat"]}),
+        ("a.png", "first", {"score": 0.25, "count": 1, "taken": "2021-05-01T12:30:00Z", "labels": ["cat"]}),
         ("b.png", None, {"count": 2, "labels": []}),  # NaN score dropped
         ("SKIP", "missing.png", "file not found"),
-        ("sub/c.png", "third", {"count": 4, "taken": "2022-01-02T00:00:00", "labels": ["dog", "ball"]}),
+        ("sub/c.png", "third", {"count": 4, "taken": "2022-01-02T00:00:00Z", "labels": ["dog", "ball"]}),
         ("图 片.png", None, {"score": 3.5, "labels": ["x"]}),
     ]
     json.dumps([e.metadata for e in entries if isinstance(e, CorpusItem)])  # JSON-safe

@@ -264,6 +264,5 @@ def test_preprocess_converts_when_processor_does_not(embedder: HFClipEmbedder, r
     if runtime != "torch":
         pytest.skip("only the torch runtime falls back to the image processor")
     gray = _image((20, 10), "L")
-    monkeypatch.setattr(embedder, "_processor_converts_rgb", False)
     monkeypatch.setattr(embedder.image_processor, "do_convert_rgb", False)
     np.testing.assert_array_equal(embedder.preprocess(gray), embedder.preprocess(gray.convert("RGB")))

@@ -92,6 +92,27 @@ def test_normaliser_reproduces_the_processor_output(tmp_path):
     torch.testing.assert_close(ours, reference, atol=2e-3, rtol=0)
 
 
+def test_tensorize_skips_unreadable_images_and_keeps_the_rest_aligned(tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(build_scratch_model(tmp_path / "m", size="tiny")).image_processor
+    images = [s.image for s in generate(2, seed=1)]
+    images[0].save(tmp_path / "a.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    images[1].save(tmp_path / "c.png")
+    paths = [tmp_path / "a.png", tmp_path / "bad.jpg", tmp_path / "missing.png", tmp_path / "c.png"]
+    pixels, kept, skipped = ft.tensorize_images(proc, paths, workers=2, chunk=3)
+    assert kept == [0, 3]
+    assert [(s.rel_path, s.reason.split(":")[0]) for s in skipped] == [
+        (str(tmp_path / "bad.jpg"), "truncated or corrupt image"), (str(tmp_path / "missing.png"), "file not found"),
+    ]
+    torch.testing.assert_close(pixels, ft.pixels_uint8(proc, [Image.open(tmp_path / "a.png").convert("RGB"),
+                                                               Image.open(tmp_path / "c.png").convert("RGB")]))
+    with pytest.raises(ValueError, match="none of the images could be read"):
+        ft.tensorize_images(proc, [tmp_path / "bad.jpg"])
+
+
 def test_read_pairs_resolves_relative_paths_and_drops_uncaptioned(tmp_path):
     rows = [{"path": "a.png", "caption": "x"}, {"path": "/abs/b.png", "caption": ""}, {"path": "c.png", "caption": "z"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")

@@ -33,6 +33,10 @@ class FakeEmbedder:
         default_factory=lambda: ModelInfo(model_id="fake/model", dim=DIM, backend="hf-clip", image_size=32)
     )
     device: str = "cpu"
+    logit_scale: float = 100.0
+
+    def embed_texts(self, texts):  # for the zero-shot tagger a job builds from tag labels
+        return np.asarray([vector_for("text:" + t) for t in texts], dtype=np.float32)
 
 
 def vector_for(key: str) -> list[float]:
@@ -55,8 +59,8 @@ class FakeIngest:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, store, embedder, *, root: Path | None, collection: str, manifest=None, prune=False,
-                 options=None, progress=True, tag_labels=None) -> IngestReport:
-        self.calls.append(dict(collection=collection, root=root, prune=prune, options=options, tag_labels=tag_labels))
+                 options=None, progress=True, tagger=None) -> IngestReport:
+        self.calls.append(dict(collection=collection, root=root, prune=prune, options=options, tagger=tagger))
         info = embedder.info
         target = ensure_collection(store, embedder, collection)  # the real check, as run_ingest does
         rep = IngestReport(collection=target, model_id=info.model_id)
@@ -87,7 +91,7 @@ class FakeIngest:
                 rep.indexed += 1
             points.append(models.PointStruct(
                 id=pid(rel), vector={"image": vector_for(rel + sha)},
-                payload={"path": rel, "sha256": sha, "model_id": info.model_id, "tags": list(tag_labels or [])[:1]},
+                payload={"path": rel, "sha256": sha, "model_id": info.model_id, **(tagger(np.asarray([vector_for(rel + sha)]))[0] if tagger else {})},
             ))
         for i in range(0, len(points), self.batch):
             if self.fail_after is not None and i // self.batch >= self.fail_after:

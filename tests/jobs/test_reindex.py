@@ -22,6 +22,7 @@ from mmrag.jobs import (
     run_scheduler,
     sync,
 )
+from mmrag.tasks.tagging import METADATA_KEY
 
 
 def _ids(store, name: str) -> set[str]:
@@ -235,7 +236,8 @@ def test_run_pipeline_uses_the_pipeline_batch_labels_and_policy(store, embedder,
     rep = run_pipeline(pdef, store=store, embedder=embedder, home=home, ingest_fn=ingest)
     assert (rep.job, rep.collection, rep.pipeline, rep.target) == ("sync", "photos", "pics", "photos__v1")
     call = ingest.calls[-1]
-    assert call["root"] == root.resolve() and call["tag_labels"] == ["cat", "dog"]
+    assert call["root"] == root.resolve() and call["tagger"] is not None
+    assert store.get_spec("photos__v1").extra[METADATA_KEY]["labels"] == ["cat", "dog"]  # the tagger the job built
     assert (call["options"].batch_size, call["options"].text_batch_size, call["options"].write_batch_size) == (7, 128, 9)
     rep = run_pipeline(pdef, store=store, embedder=embedder, home=home, ingest_fn=ingest)
     assert ingest.calls[-1]["prune"] is True and ingest.calls[-1]["collection"] == "photos__v1"

@@ -124,13 +124,15 @@ def test_build_payload_without_caption(caption) -> None:
     assert payload["caption"] is None
 
 
-def test_build_payload_normalises_path_and_rejects_naive_time() -> None:
+def test_build_payload_normalises_path_and_reads_naive_time_as_utc() -> None:
     assert _payload(rel_path="holidays\\beach 01.jpg")["path"] == "holidays/beach 01.jpg"
-    with pytest.raises(ValueError, match="no time zone"):
-        build_payload(
-            rel_path="a.jpg", caption=None, sha256="0", width=1, height=1, format="PNG", file_size=1,
-            mtime=0.0, model_id="m", ingested_at=datetime(2024, 1, 1), metadata=None,
-        )
+    # One rule with the filters (mmrag.values.rfc3339): a naive datetime is UTC, as the server reads it.
+    payload = build_payload(
+        rel_path="a.jpg", caption=None, sha256="0", width=1, height=1, format="PNG", file_size=1,
+        mtime=0.0, model_id="m", ingested_at=datetime(2024, 1, 1), metadata={"taken": datetime(2023, 7, 1, 9)},
+    )
+    assert payload["ingested_at"] == "2024-01-01T00:00:00Z"
+    assert payload["taken"] == "2023-07-01T09:00:00Z"
 
 
 def test_build_payload_metadata_is_json_safe() -> None:
@@ -158,7 +160,7 @@ def test_build_payload_metadata_is_json_safe() -> None:
         "archived": "false",
         "taken": "2023-07-01T09:00:00Z",
         "exif": {"camera": "X100", "flash": "false", "iso": 200},
-        "people": ["ann", "bob", "true"],
+        "people": ["ann", None, "bob", "true"],  # positions kept, as the manifest reader keeps them
     }
     assert type(extra["rating"]) is int and type(extra["score"]) is float
     assert type(extra["exif"]["iso"]) is int
