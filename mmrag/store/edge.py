@@ -27,6 +27,7 @@ cached, and shared by all threads.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from typing import Any
 import qdrant_edge as qe
 from qdrant_client import models
 
-from mmrag.errors import LockHeldError, RunFailed
+from mmrag.errors import LockHeldError, RunFailed, UsageError
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
 from mmrag.store.schema import (
@@ -101,6 +102,40 @@ class ShardLockHeld(LockHeldError, RuntimeError):
             f"`mmrag reindex {re.sub(r'__v[0-9]+$', '', collection)} --rebuild` writes a new version beside it, "
             f"and the server switches to it with no restart. Lock file: {path}"
         )
+
+
+class StoreReadOnly(UsageError):
+    """The store folder is on a read-only filesystem: qdrant-edge cannot open a shard there at all."""
+
+    http_status = 503  # the server's configuration, not the request, is at fault
+
+    def __init__(self, home: Path, what: str):
+        self.home = Path(home)
+        super().__init__(
+            f"cannot {what}: the store folder {home} (MMRAG_HOME) is on a read-only filesystem, and the "
+            f"embedded store must write its lock, WAL and mmap files even to read, so mount it read-write, "
+            f"copy it somewhere writable (cp -a {home} /tmp/mmrag-home, then MMRAG_HOME=/tmp/mmrag-home) "
+            f"or serve the collections from a Qdrant server (QDRANT_URL)"
+        )
+
+
+def is_read_only_fs(exc: BaseException) -> bool:
+    """EROFS from Python, or qdrant-edge's own report of it (a plain Exception naming os error 30)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return True
+    return isinstance(exc, Exception) and "Read-only file system (os error 30)" in str(exc)
+
+
+@contextmanager
+def _read_only_as(home: Path, what: str) -> Iterator[None]:
+    try:
+        yield
+    except StoreReadOnly:
+        raise
+    except Exception as exc:
+        if is_read_only_fs(exc):
+            raise StoreReadOnly(home, what) from exc
+        raise
 
 
 class _HeldLock:
@@ -554,7 +589,8 @@ class EdgeStore(ThreadedAsyncMixin):
                     max_search_threads=self.max_search_threads,
                 )
             shard_dir = self._collection_dir(name) / "shard"
-            fd = self._lock_shard(name, write=write)
+            with _read_only_as(self.home, f"open collection {name!r}"):
+                fd = self._lock_shard(name, write=write)
             try:
                 # Even a read-only open touches a fresh WAL segment: on a full disk that is a SIGBUS.
                 require_free(shard_dir, 0, reserve=self.min_free_bytes, what=f"open collection {name!r}")
@@ -563,6 +599,8 @@ class EdgeStore(ThreadedAsyncMixin):
                 release(fd)
                 if "WouldBlock" in str(exc):  # a process that does not take our lock (not mmrag)
                     raise ShardLockHeld(name, shard_dir, None, waited_s=0) from exc
+                if is_read_only_fs(exc):
+                    raise StoreReadOnly(self.home, f"open collection {name!r}") from exc
                 raise
             self._shards[name] = shard
             self._shard_locks[name] = _HeldLock(fd)
@@ -604,7 +642,8 @@ class EdgeStore(ThreadedAsyncMixin):
                 raise ValueError(f"collection {spec.name!r} already exists")
             if spec.name in self.get_aliases():
                 raise ValueError(f"{spec.name!r} is an alias; choose another collection name")
-            self.collections_dir.mkdir(parents=True, exist_ok=True)
+            with _read_only_as(self.home, f"create collection {spec.name!r}"):
+                self.collections_dir.mkdir(parents=True, exist_ok=True)
             require_free(self.collections_dir, CREATE_BYTES, reserve=self.min_free_bytes,
                          what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
@@ -642,6 +681,8 @@ class EdgeStore(ThreadedAsyncMixin):
                 shutil.rmtree(tmp_dir, ignore_errors=True)
                 if isinstance(exc, Exception) and is_enospc(exc):
                     raise DiskFull(tmp_dir, f"no space left on device while creating {final_dir}: {exc}") from exc
+                if is_read_only_fs(exc):
+                    raise StoreReadOnly(self.home, f"create collection {spec.name!r}") from exc
                 raise
 
     def get_spec(self, name: str) -> CollectionSpec | None:
@@ -717,8 +758,10 @@ class EdgeStore(ThreadedAsyncMixin):
     @contextmanager
     def _alias_write(self) -> Iterator[dict[str, str]]:
         """Read-modify-write aliases.json under an in-process and a cross-process lock."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self._alias_lock, open(self.home / "aliases.lock", "a+") as lock_file:
+        with _read_only_as(self.home, "change aliases"):
+            self.home.mkdir(parents=True, exist_ok=True)
+            lock_file = open(self.home / "aliases.lock", "a+")  # noqa: SIM115 - closed by the with below
+        with self._alias_lock, lock_file:
             if fcntl is not None:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             try:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from langchain_core.documents import Document
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from pydantic import Field
 
 from mmrag.ingest import run_ingest
 from mmrag.retrieval import MultimodalRetriever
@@ -28,13 +28,18 @@ def _load_example(name: str):
 
 
 class ScriptedToolModel(GenericFakeChatModel):
-    """A fake chat model that replays scripted messages and records what it was shown."""
+    """A fake tool-calling chat model: replays scripted messages and records what it was shown."""
 
-    seen: list = []
+    bound: list[str] = Field(default_factory=list)
+    inputs: list[list[BaseMessage]] = Field(default_factory=list)
 
     def bind_tools(self, tools, **kwargs):
-        self.seen.append([t.name for t in tools])
+        self.bound = [t.name for t in tools]
         return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.inputs.append(list(messages))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
 
 @pytest.fixture
@@ -44,21 +49,43 @@ def retriever(store, tiny_embedder, tmp_path):
     return MultimodalRetriever(store=store, embedder=tiny_embedder, collection="photos", k=2)
 
 
-def test_tool_calling_agent_gets_documents_back(retriever):
-    agent = _load_example("agent_retriever")
-    tool = agent.make_image_search_tool(retriever)
+def test_create_agent_shows_the_model_the_retrieved_images(retriever):
+    agent_example = _load_example("agent_retriever")
     script = iter([
         AIMessage(content="", tool_calls=[{"name": "search_images", "args": {"query": "a red picture"}, "id": "call-1"}]),
         AIMessage(content="The red picture is red.png."),
     ])
     model = ScriptedToolModel(messages=script)
-    answer, docs = agent.run_agent(model, [tool], "Where is the red picture?")
+    agent = agent_example.build_agent(model, retriever)
+    answer, docs = agent_example.run_agent(agent, "Where is the red picture?")
 
     assert answer.content == "The red picture is red.png."
-    assert model.seen[-1] == ["search_images"]
+    assert model.bound == ["search_images"]
     expected = retriever.invoke("a red picture")
-    assert [d.metadata["id"] for d in docs] == [d.metadata["id"] for d in expected]
-    assert all(isinstance(d, Document) for d in docs) and len(docs) == 2
+    assert [d.metadata["id"] for d in docs] == [d.metadata["id"] for d in expected] and len(docs) == 2
+
+    # The model's second turn sees the tool's answer: per hit a text line, then the image itself.
+    assert len(model.inputs) == 2
+    result = model.inputs[1][-1]
+    assert isinstance(result, ToolMessage) and result.tool_call_id == "call-1"
+    texts = [b for b in result.content if b["type"] == "text"]
+    images = [b for b in result.content if b["type"] == "image"]
+    assert [b["type"] for b in result.content] == ["text", "image"] * len(expected)
+    root = Path(retriever.store.get_spec("photos").extra["corpus_root"])
+    for i, (doc, text, image) in enumerate(zip(expected, texts, images, strict=True), 1):
+        path = doc.metadata["path"]
+        assert text["text"] == f"[{i}] {path} (score {doc.metadata['score']:.3f}): {doc.page_content}"
+        assert image["mime_type"] == "image/png"
+        assert base64.b64decode(image["base64"]) == (root / path).read_bytes()
+
+
+def test_image_search_tool_with_no_hits_says_so(retriever):
+    agent_example = _load_example("agent_retriever")
+    strict = retriever.model_copy(update={"score_threshold": 1.01})
+    tool = agent_example.make_image_search_tool(strict)
+    result = tool.invoke({"type": "tool_call", "name": "search_images", "id": "c", "args": {"query": "a red picture"}})
+    assert result.content == [{"type": "text", "text": "No matching images."}]
+    assert result.artifact == []
 
 
 def test_as_tool_returns_documents(retriever):
