@@ -637,6 +637,32 @@ def cmd_collections(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mmrag.store.integrity import verify_collection
+
+    app = _app(args, announce=False)
+    report = verify_collection(app.store, args.collection_name or app.settings.collection)
+    _print_json(report.to_dict()) if args.json else print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from mmrag.ingest import IngestOptions
+    from mmrag.jobs.reindex import RebuildGate
+    from mmrag.jobs.repair import repair
+
+    app = _app(args)
+    name = args.collection_name or app.settings.collection
+    embedder = options = None
+    if args.from_export is None:
+        embedder = app.embedder(args.model, collection=name)
+        options = IngestOptions.from_settings(app.settings, embedder)
+    report = repair(name, store=app.store, home=app.settings.home, embedder=embedder, root=args.root,
+                    manifest=args.manifest, from_export=args.from_export, options=options, keep=args.keep,
+                    gate=RebuildGate.from_settings(app.settings), progress=not args.json and not _quiet(args))
+    return _job_result(args, report)
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 

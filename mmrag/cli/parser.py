@@ -43,6 +43,8 @@ EXAMPLES: dict[str, str] = {
     "collections": "mmrag collections\nmmrag collections --json",
     "facets": "mmrag facets tags -c photos\nmmrag facets format --filter tags=cat --json",
     "calibrate": "mmrag calibrate -c photos\nmmrag search \"a red circle\" -c photos --min-relevance 95",
+    "verify": "mmrag verify photos\nmmrag verify photos --json",
+    "repair": "mmrag repair photos\nmmrag repair photos --root ./photos\nmmrag repair photos --from-export photos.parquet",
     "serve": "mmrag serve -c photos\nMMRAG_API_KEY=secret mmrag serve -c photos --host 0.0.0.0 --port 8000",
     "mcp": "mmrag mcp -c photos        # an MCP server on stdio, for an agent's config",
     "completion": "mmrag completion bash > ~/.local/share/bash-completion/completions/mmrag\n"
@@ -338,6 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "collections", "list collections with their model and size")
     _common(p, model=False)
     p.set_defaults(func=c.cmd_collections)
+
+    p = add(sub, "verify", "check a collection against mmrag's record: point count, finite unit vectors, payloads")
+    p.add_argument("collection_name", nargs="?", metavar="collection", help="collection or alias [MMRAG_COLLECTION]")
+    p.add_argument("--home", type=Path, help="data directory of the embedded store [MMRAG_HOME]")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=c.cmd_verify)
+
+    p = add(sub, "repair", "rebuild a damaged collection beside the live one (from its corpus or an export), then switch")
+    p.add_argument("collection_name", nargs="?", metavar="collection", help="collection or alias [MMRAG_COLLECTION]")
+    p.add_argument("--root", type=Path, help="corpus folder (default: the one recorded in the collection)")
+    p.add_argument("--manifest", type=Path, help="jsonl/csv/parquet manifest of the corpus")
+    p.add_argument("--from-export", type=Path, metavar="FILE", help="rebuild from a `mmrag export` file, without re-embedding")
+    p.add_argument("--model", "-m", help="model for a corpus rebuild (default: the collection's own)")
+    p.add_argument("--keep", type=positive_int, default=2,
+                   help="versions kept, the repaired one included (2 keeps the damaged one for rollback)")
+    p.add_argument("--home", type=Path, help="data directory of the embedded store [MMRAG_HOME]")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=c.cmd_repair)
 
     p = add(sub, "completion", "print a shell completion script (bash, zsh or tcsh)")
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete for")

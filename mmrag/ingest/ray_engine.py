@@ -51,6 +51,7 @@ from mmrag.ingest.run import (
     plan_ingest,
     prune_stale,
     refresh_stat,
+    refuse_non_finite,
 )
 from mmrag.ingest.state import same_annotations
 from mmrag.ingest.writer import StoreWriter
@@ -408,8 +409,9 @@ def _settle(batch: dict[str, np.ndarray], report: IngestReport, state: dict[str,
             [pickle.loads(batch["meta"][i]) for i in embedded], None, {j: None for j, i in enumerate(embedded)
                                                                        if batch["has_text"][i]})
         if image is not None:  # the driver writes
-            extra = tagger(image) if tagger is not None else None
-            writer.add(build_points(decoded, image, text, model_id, extra, bm25_keys))  # type: ignore[arg-type]  # text is set when image is
+            decoded, image, text = refuse_non_finite(decoded, image, text, report)  # type: ignore[arg-type]  # text is set when image is
+            extra = tagger(image) if tagger is not None and decoded else None
+            writer.add(build_points(decoded, image, text, model_id, extra, bm25_keys))
         else:
             report.written += len(decoded)
         count_embedded(report, decoded, text, state)

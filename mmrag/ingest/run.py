@@ -34,6 +34,7 @@ from mmrag.ingest.state import load_state, same_annotations, unchanged_by_stat
 from mmrag.ingest.writer import StoreWriter
 from mmrag.store.base import Store
 from mmrag.store.convert import build_payload, build_point, point_id
+from mmrag.store.integrity import record_points
 from mmrag.store.schema import (
     DEFAULT_SPARSE_FIELDS,
     DRAFT_SIZE_KEY,
@@ -321,7 +322,12 @@ def prune_stale(store: Store, plan: IngestPlan, batch: int) -> int:
     """Delete the points of files that are gone; returns how many."""
     stale = [pid for pid in plan.state if pid not in plan.seen]
     for i in range(0, len(stale), batch):
-        store.delete_points(plan.target, stale[i : i + batch])
+        ids = stale[i : i + batch]
+        # Lower the record first: a kill between the two steps must not look like lost points.
+        record_points(store, plan.target, store.count(plan.target) - len(ids))
+        store.delete_points(plan.target, ids)
+    if stale:
+        record_points(store, plan.target)
     return len(stale)
 
 
@@ -466,10 +472,39 @@ def _embed_batch(
     image_vecs, text_vecs = embed_vectors(
         embedder, np.stack([d.pixels for d in batch if d.pixels is not None]), [d.item.caption for d in batch], opts.text_batch_size
     )
+    batch, image_vecs, text_vecs = refuse_non_finite(batch, image_vecs, text_vecs, report)
+    if not batch:
+        return []
     extra = tagger(image_vecs) if tagger is not None else None
     points = build_points(batch, image_vecs, text_vecs, embedder.info.model_id, extra, bm25_keys)
     count_embedded(report, batch, text_vecs, state)
     return points
+
+
+NON_FINITE_REASON = (
+    "the model returned a non-finite {which} vector (NaN or inf): not stored, since it would give impossible "
+    "scores; check the model (a broken checkpoint or an fp16 overflow) and re-run"
+)
+
+
+def refuse_non_finite(
+    batch: list[DecodedImage], image_vecs: np.ndarray, text_vecs: dict[int, np.ndarray], report: IngestReport
+) -> tuple[list[DecodedImage], np.ndarray, dict[int, np.ndarray]]:
+    """Drop the items whose image or caption vector is not finite: each becomes a failed file with its reason."""
+    bad_image = ~np.isfinite(np.asarray(image_vecs)).all(axis=1)
+    bad_text = {i for i, v in text_vecs.items() if not np.isfinite(np.asarray(v)).all()}
+    if not bad_image.any() and not bad_text:
+        return batch, image_vecs, text_vecs
+    keep: list[int] = []
+    for i, d in enumerate(batch):
+        if bad_image[i] or i in bad_text:
+            which = "image" if bad_image[i] else "caption"
+            report.failed.append(SkippedFile(d.item.rel_path, NON_FINITE_REASON.format(which=which)))
+        else:
+            keep.append(i)
+    log.warning("refused %d non-finite vectors", len(batch) - len(keep))
+    kept_text = {new: text_vecs[old] for new, old in enumerate(keep) if old in text_vecs}
+    return [batch[i] for i in keep], np.asarray(image_vecs)[keep], kept_text
 
 
 def embed_vectors(

@@ -7,12 +7,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mmrag.store.base import Store
+from mmrag.store.integrity import record_points
 
 
 class StoreWriter:
     """Batched store writes on one background thread, so upserts overlap model compute.
 
     At most two batches are in flight: memory stays bounded however large the corpus.
+    After each confirmed batch the store's count is recorded in the collection's metadata
+    (`mmrag.store.integrity`): what a later open or `mmrag verify` checks the store against.
     """
 
     def __init__(self, store: Store, collection: str, batch: int):
@@ -31,7 +34,11 @@ class StoreWriter:
     def _submit(self, points: list[Any]) -> None:
         while len(self.pending) >= 2:
             self._settle()
-        self.pending.append((self.pool.submit(self.store.upsert, self.collection, points), len(points)))
+        self.pending.append((self.pool.submit(self._write, points), len(points)))
+
+    def _write(self, points: list[Any]) -> None:
+        self.store.upsert(self.collection, points)
+        record_points(self.store, self.collection)  # one writer thread: no other write in between
 
     def _settle(self) -> None:
         future, n = self.pending.pop(0)

@@ -128,6 +128,9 @@ class RebuildGate:
     min_share: float = 0.98
     max_failed: int | None = None
     strict: bool = False
+    # `mmrag repair`: compare with the points mmrag recorded, not with the damaged live version
+    # (whose count is what was lost, and whose shard may abort the process when opened).
+    reference_points: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_share <= 1.0:
@@ -514,7 +517,10 @@ def _build_and_switch(
 
 def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: str | None, failed_files: int) -> None:
     """Refuse the switch (the new version is then abandoned, nothing is pruned) unless `gate` passes."""
-    live_points = store.count(live) if live and store.collection_exists(live) else None
+    if gate.reference_points is not None:
+        live_points: int | None = gate.reference_points
+    else:
+        live_points = store.count(live) if live and store.collection_exists(live) else None
     result = gate.check(new_points=store.count(new), live_points=live_points, failed_files=failed_files)
     r.gate = result.to_dict()
     if not result.passed:

@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from qdrant_client import models
 
+from mmrag.errors import UsageError
 from mmrag.store.base import Store
+from mmrag.store.integrity import record_points
 from mmrag.store.schema import IMAGE_VECTOR, TEXT_VECTOR, CollectionSpec, SchemaMismatch, check_compatible
 
 __all__ = ["EXPORT_FORMAT_VERSION", "export_collection", "import_collection", "read_export_spec"]
@@ -130,7 +132,10 @@ def _records_table(records: list[models.Record], dim: int, schema: pa.Schema) ->
 
 def read_export_spec(in_parquet: Path | str, *, collection: str | None = None) -> CollectionSpec:
     """The collection spec recorded in an export file (named `collection`, or the source's name)."""
-    md = pq.read_schema(in_parquet).metadata or {}
+    try:
+        md = pq.read_schema(in_parquet).metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise UsageError(f"cannot read {in_parquet} as an mmrag export: {exc}") from exc
     if _META_SPEC not in md:
         raise ValueError(f"{in_parquet}: not an mmrag export (no {_META_SPEC.decode()!r} in the Parquet metadata)")
     version = int(md.get(_META_FORMAT, b"0"))
@@ -161,19 +166,30 @@ def import_collection(
     real = store.resolve(name)
     spec = read_export_spec(in_parquet, collection=real)
     existing = store.get_spec(real)
-    if existing is None:
-        store.create_collection(spec)
-    else:
+    if existing is not None:
         try:
             check_compatible(existing, spec)
         except SchemaMismatch as exc:
             raise SchemaMismatch(f"cannot import {in_parquet} into {real!r}: {exc}") from exc
-    pf = pq.ParquetFile(in_parquet)
-    dim = spec.dim
+    created = False
     total = 0
-    for rb in pf.iter_batches(batch_size=batch):
-        store.upsert(real, _points_of(rb, dim))
-        total += rb.num_rows
+    try:
+        pf = pq.ParquetFile(in_parquet)
+        if existing is None:
+            store.create_collection(spec)
+            created = True
+        for rb in pf.iter_batches(batch_size=batch):
+            store.upsert(real, _points_of(rb, spec.dim))
+            record_points(store, real)
+            total += rb.num_rows
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        # A garbled file must not leave a new, empty or half-filled collection behind.
+        if created:
+            store.delete_collection(real)
+        kept = f"; {real!r} keeps its points and the {total} imported before the error" if not created else \
+            f"; nothing was kept (the new collection {real!r} was removed)"
+        reason = " ".join(str(exc).split())  # pyarrow messages span lines
+        raise UsageError(f"cannot import {in_parquet}: {type(exc).__name__}: {reason}{kept}") from exc
     return total
 
 

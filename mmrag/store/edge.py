@@ -29,10 +29,14 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -48,6 +52,7 @@ from qdrant_client import models
 from mmrag.errors import LockHeldError, RunFailed, UsageError
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
+from mmrag.store.integrity import count_message, recorded_points
 from mmrag.store.schema import (
     BM25_MODEL,
     IMAGE_VECTOR,
@@ -69,6 +74,22 @@ except ImportError:  # pragma: no cover - Windows
 
 # Same constant qdrant-client (local mode) and the Qdrant server use by default,
 # so both backends fuse identically: score = sum over rankings of 1 / (k + rank0).
+
+log = logging.getLogger(__name__)
+
+# A `.creating-*` / `.deleted-*` folder without a lock file is a leftover once it is this old
+# (the lock file is made right after the folder, so only a kill in between leaves none).
+LEFTOVER_AGE_S = 60.0
+
+# Opens a shard in a child process: qdrant-edge aborts (SIGABRT) on some damaged id trackers,
+# e.g. trying to allocate 92 GB, which no Python code can catch.
+_PROBE = """
+import json, sys
+import qdrant_edge as qe
+shard = qe.EdgeShard.load(sys.argv[1], None)
+print(json.dumps({"count": int(shard.count(qe.CountRequest(exact=True)))}))
+shard.close()
+"""
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
@@ -496,7 +517,44 @@ class EdgeStore(ThreadedAsyncMixin):
         self._shards: dict[str, Any] = {}
         self._shard_locks: dict[str, _HeldLock] = {}  # collection -> our flock on its shard.lock
         self._alias_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
+        # collection -> (count, recorded) when an open found fewer points than mmrag recorded
+        self.count_mismatches: dict[str, tuple[int, int]] = {}
         # Directories are made on the first write, so read-only commands leave no trace.
+        self.removed_leftovers = self._clean_leftovers()
+
+    def _clean_leftovers(self) -> list[str]:
+        """Remove `.creating-*` / `.deleted-*` folders left by a killed process.
+
+        A creation in progress holds the flock on its folder's `shard.lock` (another process's
+        is never touched); a folder with no lock file counts as left over after LEFTOVER_AGE_S.
+        """
+        try:
+            entries = [e for e in self.collections_dir.iterdir() if e.name.startswith((".creating-", ".deleted-"))]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        removed = []
+        for entry in entries:
+            lock = entry / "shard.lock"
+            try:
+                if not lock.is_file():
+                    if time.time() - entry.stat().st_mtime < LEFTOVER_AGE_S:
+                        continue
+                    fd = None
+                else:
+                    fd, _holder = try_lock(lock, process_holder(access="cleanup"))
+                    if fd is None:  # its creator is alive and still at work
+                        continue
+            except OSError:
+                continue
+            try:
+                shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                if fd is not None:
+                    release(fd)
+            if not entry.exists():
+                removed.append(entry.name)
+                log.info("removed %s, left by a process killed while creating or deleting a collection", entry)
+        return removed
 
     # --- paths -----------------------------------------------------------------
     @property
@@ -604,7 +662,48 @@ class EdgeStore(ThreadedAsyncMixin):
                 raise
             self._shards[name] = shard
             self._shard_locks[name] = _HeldLock(fd)
+            self._check_count(name, shard, meta)
             return shard
+
+    def _check_count(self, name: str, shard: Any, meta: dict[str, Any]) -> None:
+        """The cheap verify at open: the engine's count against our record (see mmrag.store.integrity)."""
+        recorded = recorded_points(meta.get("metadata"))
+        if recorded is None:
+            return
+        count = int(shard.count(qe.CountRequest(exact=True)))
+        if count < recorded:
+            self.count_mismatches[name] = (count, recorded)
+            log.warning("%s", count_message(name, count, recorded))
+        else:
+            self.count_mismatches.pop(name, None)
+
+    def probe_open(self, name: str, *, timeout_s: float = 300.0) -> str | None:
+        """Open `name`'s shard in a child process first; the problem found, or None when it opens.
+
+        qdrant-edge aborts the whole process on some damage (a garbled id tracker makes it
+        allocate ~92 GB); a child that dies tells us so without taking this process with it.
+        """
+        name = self.resolve(name)
+        if name in self._shards or self._read_meta(name) is None:
+            return None
+        shard_dir = self._collection_dir(name) / "shard"
+        fd = self._lock_shard(name, write=False)  # the child opens it only while we hold our lock
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PROBE, str(shard_dir)], capture_output=True, text=True,
+                                  timeout=timeout_s, env={**os.environ, "RUST_BACKTRACE": "0"})
+        finally:
+            release(fd)
+        if proc.returncode == 0:
+            return None
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "memory allocation" in ln or "panicked" in ln), None)
+        detail = detail or next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        if proc.returncode < 0:
+            how = f"the storage engine aborted the process ({signal.Signals(-proc.returncode).name}: {detail[:300]})"
+        else:
+            how = f"the storage engine cannot open it ({detail[-400:]})"
+        return (f"collection {name!r}: {how} while opening {shard_dir}: its files are damaged. "
+                f"`mmrag repair {name}` rebuilds it.")
 
     def _close_shard(self, name: str) -> None:
         with self._lock:
@@ -647,6 +746,9 @@ class EdgeStore(ThreadedAsyncMixin):
             require_free(self.collections_dir, CREATE_BYTES, reserve=self.min_free_bytes,
                          what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
+            tmp_dir.mkdir()
+            # Held until the rename: `_clean_leftovers` of another process leaves a live creation alone.
+            fd, _ = try_lock(tmp_dir / "shard.lock", process_holder(collection=spec.name, access="create"))
             try:
                 config = qe.EdgeConfig(
                     vectors=self._vector_params(spec.dim),
@@ -679,11 +781,17 @@ class EdgeStore(ThreadedAsyncMixin):
                 _fsync_dir(self.collections_dir)
             except BaseException as exc:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+                if fd is not None:
+                    release(fd)
+                    fd = None
                 if isinstance(exc, Exception) and is_enospc(exc):
                     raise DiskFull(tmp_dir, f"no space left on device while creating {final_dir}: {exc}") from exc
                 if is_read_only_fs(exc):
                     raise StoreReadOnly(self.home, f"create collection {spec.name!r}") from exc
                 raise
+            finally:
+                if fd is not None:
+                    release(fd)
 
     def get_spec(self, name: str) -> CollectionSpec | None:
         real = self.resolve(name)
