@@ -360,9 +360,10 @@ class VectorFeeder:
     its results be checked against the brute-force ground truth of those vectors.
     """
 
-    def __init__(self, vectors: Sequence[Sequence[float]]) -> None:
+    def __init__(self, vectors: Sequence[Sequence[float]], info: Any = None) -> None:
         self._vectors = np.asarray(vectors, dtype=np.float32)
         self._next = 0
+        self.info = info  # the collection's model, so the retriever's model check passes
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         out = self._vectors[self._next : self._next + len(texts)]
@@ -384,7 +385,12 @@ def measure_retriever(
     from mmrag.retrieval import MultimodalRetriever
 
     if given_vectors:
-        embedder = VectorFeeder(work.warmup + work.vectors)  # time_calls runs the warm-up first
+        from mmrag.embedders.base import ModelInfo
+
+        spec = store.get_spec(COLLECTION)
+        info = ModelInfo(model_id=spec.model_id, dim=spec.dim, backend="hf-clip", image_size=224,
+                         quantization=spec.quantization)
+        embedder = VectorFeeder(work.warmup + work.vectors, info)  # time_calls runs the warm-up first
     retriever = MultimodalRetriever(
         store=store,
         embedder=embedder,
@@ -648,6 +654,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             caption_fraction=args.caption_fraction,
             filter_fraction=args.filter_fraction,
             distribution=args.data,
+            # the store's vectors stand for this model's: the retriever checks the collection's model
+            model_id=embedder.info.model_id,
         )
         log(f"size {n}: ground truth")
         work = make_workload(corpus, args.queries, args.warmup, args.seed)
