@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import threading
 from collections import deque
@@ -344,7 +345,8 @@ def _decode_bytes(
         if sniff_image_signature(data[:16]):
             # It starts like an image (a multi-page TIFF with an odd layout, say): say that
             # Pillow failed on it, not that it is no image at all.
-            raise ImageDecodeError(f"unsupported or corrupt image (Pillow: {exc})") from exc
+            detail = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # our buffer, not the file
+            raise ImageDecodeError(f"unsupported or corrupt image (Pillow: {detail})") from exc
         raise ImageDecodeError("not an image (cannot identify image file)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from exc

@@ -515,12 +515,27 @@ def _build_and_switch(
     r.deleted_versions = _retire(store, name, new=new, previous=live, keep=keep, grace_s=retire_grace_s)
 
 
+def _live_points(store: Any, live: str | None) -> int | None:
+    """The live version's point count; while another process (a running `mmrag serve`) holds its
+    embedded shard, our own record of the points written to it stands in."""
+    from mmrag.errors import LockHeldError
+    from mmrag.store.integrity import recorded_points
+
+    if not live or not store.collection_exists(live):
+        return None
+    try:
+        return int(store.count(live))
+    except LockHeldError:
+        spec = store.get_spec(live)
+        return recorded_points(spec.to_metadata()) if spec is not None else None
+
+
 def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: str | None, failed_files: int) -> None:
     """Refuse the switch (the new version is then abandoned, nothing is pruned) unless `gate` passes."""
     if gate.reference_points is not None:
         live_points: int | None = gate.reference_points
     else:
-        live_points = store.count(live) if live and store.collection_exists(live) else None
+        live_points = _live_points(store, live)
     result = gate.check(new_points=store.count(new), live_points=live_points, failed_files=failed_files)
     r.gate = result.to_dict()
     if not result.passed:

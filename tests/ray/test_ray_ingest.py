@@ -37,7 +37,13 @@ def _comparable(points):
     out = {}
     for pid, rec in points.items():
         payload = {k: v for k, v in rec.payload.items() if k != "ingested_at"}
-        out[pid] = (payload, {k: np.asarray(v, np.float32) for k, v in (rec.vector or {}).items()})
+        vectors = {}
+        for k, v in (rec.vector or {}).items():
+            if hasattr(v, "indices"):  # the BM25 sparse vector: its terms and weights must agree too
+                vectors[k] = (tuple(v.indices), np.asarray(v.values, np.float32))
+            else:
+                vectors[k] = np.asarray(v, np.float32)
+        out[pid] = (payload, vectors)
     return out
 
 
@@ -62,7 +68,11 @@ def test_ray_and_local_give_the_same_points_reports_and_incremental_plan(ray_run
             assert pr[pid][0] == payload
             assert set(pr[pid][1]) == set(vectors)
             for name, vec in vectors.items():
-                np.testing.assert_allclose(pr[pid][1][name], vec, atol=1e-6, rtol=0)
+                got = pr[pid][1][name]
+                if isinstance(vec, tuple):  # sparse: the same terms, the same weights
+                    assert got[0] == vec[0]
+                    got, vec = got[1], vec[1]
+                np.testing.assert_allclose(got, vec, atol=1e-6, rtol=0)
 
         # Incremental: unchanged files reach no model; touched-but-identical ones are refreshed by sha256;
         # a changed file is re-embedded in place; --prune drops a vanished one.
