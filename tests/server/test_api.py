@@ -105,7 +105,7 @@ def test_classify_uploaded_image(http, world):
 
 def test_collections_and_facets(http, world):
     cols = http.get("/api/collections").json()
-    assert cols == [{"name": f"{COLLECTION}__v1", "aliases": [COLLECTION], "points": N_IMAGES,
+    assert cols == [{"name": f"{COLLECTION}__v1", "aliases": [COLLECTION], "points": N_IMAGES, "busy": None,
                      "model_id": world["emb"].info.model_id, "dim": world["emb"].info.dim, "schema_version": cols[0]["schema_version"]}]
     facets = http.get("/api/facets").json()["facets"]
     colors = {f["value"]: f["count"] for f in facets["color"]}

@@ -18,7 +18,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="session")
+# Module scope (every browser test is in this module, so still one browser per run): the sync Playwright API
+# keeps an asyncio loop running in this thread until it exits, and pytest-asyncio tests after it would fail
+# with "Runner.run() cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI") == "true":
