@@ -499,9 +499,20 @@ def _build_and_switch(
 
 def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: str | None, failed_files: int) -> None:
     """Refuse the switch (the new version is then abandoned, nothing is pruned) unless `gate` passes."""
-    live_points = store.count(live) if live and store.collection_exists(live) else None
+    from mmrag.errors import LockHeldError
+
+    busy = None
+    try:
+        live_points = store.count(live) if live and store.collection_exists(live) else None
+    except LockHeldError as exc:
+        # A running `mmrag serve` holds the live shard (one process per shard): the rebuild it is told
+        # to run must still switch, so the share check is skipped, and said so, rather than the rebuild failing.
+        live_points, busy = None, str(exc)
+        log.warning("rebuild %s: the live %s is open in another process; the point-share check is skipped", r.collection, live)
     result = gate.check(new_points=store.count(new), live_points=live_points, failed_files=failed_files)
     r.gate = result.to_dict()
+    if busy is not None:
+        r.gate["live_busy"] = busy
     if not result.passed:
         only_strict = len(result.reasons) == 1 and gate.strict and failed_files and "--strict" in result.reasons[0]
         raise (_StrictRefused if only_strict else _Failed)(f"the rebuilt {new!r} did not pass the gate, so {r.collection!r} still serves "
