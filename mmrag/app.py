@@ -22,12 +22,22 @@ if TYPE_CHECKING:  # the CLI imports App on every call: keep numpy and qdrant_cl
 def quiet_model_loading() -> None:
     """No transformers "Loading weights" bar and no hub retry chatter: one line of ours instead."""
     import logging
+    import os
+    import sys
 
-    import transformers.utils.logging as hf_logging
+    from huggingface_hub.utils import disable_progress_bars
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    disable_progress_bars()  # transformers' own bar follows this switch
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:
+        import transformers.utils.logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    else:
+        # Importing transformers here would cost the ONNX path ~0.7 s and ~100 MB for a log level;
+        # it reads this variable if (and when) a torch model or an ONNX export imports it.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def check_reachable(url: str, *, timeout: float = 3.0) -> None:

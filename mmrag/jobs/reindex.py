@@ -515,29 +515,40 @@ def _build_and_switch(
     r.deleted_versions = _retire(store, name, new=new, previous=live, keep=keep, grace_s=retire_grace_s)
 
 
-def _live_points(store: Any, live: str | None) -> int | None:
-    """The live version's point count; while another process (a running `mmrag serve`) holds its
-    embedded shard, our own record of the points written to it stands in."""
+def _live_points(store: Any, live: str | None) -> tuple[int | None, str | None]:
+    """(the live version's point count, why it could not be counted directly).
+
+    While another process (a running `mmrag serve`) holds the live embedded shard, our own
+    record of the points written to it stands in; a collection too old to have that record
+    skips the share check, with a warning, rather than failing the rebuild it was told to run.
+    """
     from mmrag.errors import LockHeldError
     from mmrag.store.integrity import recorded_points
 
     if not live or not store.collection_exists(live):
-        return None
+        return None, None
     try:
-        return int(store.count(live))
-    except LockHeldError:
+        return int(store.count(live)), None
+    except LockHeldError as exc:
         spec = store.get_spec(live)
-        return recorded_points(spec.to_metadata()) if spec is not None else None
+        recorded = recorded_points(spec.to_metadata()) if spec is not None else None
+        if recorded is None:
+            log.warning("the live %s is open in another process and records no point count; "
+                        "the point-share check is skipped", live)
+        return recorded, str(exc)
 
 
 def _check_gate(r: JobReport, store: Any, gate: RebuildGate, *, new: str, live: str | None, failed_files: int) -> None:
     """Refuse the switch (the new version is then abandoned, nothing is pruned) unless `gate` passes."""
+    busy = None
     if gate.reference_points is not None:
         live_points: int | None = gate.reference_points
     else:
-        live_points = _live_points(store, live)
+        live_points, busy = _live_points(store, live)
     result = gate.check(new_points=store.count(new), live_points=live_points, failed_files=failed_files)
     r.gate = result.to_dict()
+    if busy is not None:
+        r.gate["live_busy"] = busy
     if not result.passed:
         only_strict = len(result.reasons) == 1 and gate.strict and failed_files and "--strict" in result.reasons[0]
         raise (_StrictRefused if only_strict else _Failed)(f"the rebuilt {new!r} did not pass the gate, so {r.collection!r} still serves "

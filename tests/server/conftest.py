@@ -119,3 +119,38 @@ def artifacts_dir() -> Path:
     out = Path(__file__).resolve().parents[1] / "artifacts"
     out.mkdir(exist_ok=True)
     return out
+
+
+N_IMAGES_ZH = 60
+
+
+@pytest.fixture(scope="session")
+def zh_world(tmp_path_factory):
+    """A Chinese-captioned corpus in its own EdgeStore, embedded with mmrag-shapes-zh."""
+    from mmrag.embedders import load_embedder
+    from mmrag.ingest import IngestOptions, run_ingest
+    from mmrag.store import EdgeStore
+    from mmrag.training import synthetic
+
+    if not (REFERENCE_DIR / "chinese-clip-shapes-zh" / "config.json").is_file():
+        pytest.skip("Chinese reference model not built: run `python pipelines/train_reference.py`")
+    base = tmp_path_factory.mktemp("serve-zh")
+    root = synthetic.write_corpus(base / "corpus", N_IMAGES_ZH, seed=SEED, lang="zh", manifest="jsonl")
+    rows = {r["path"]: r for r in map(json.loads, (root / "manifest.jsonl").read_text().splitlines())}
+    emb = load_embedder("mmrag-shapes-zh", device="cpu")
+    store = EdgeStore(base / "home")
+    report = run_ingest(store, emb, root=root, manifest=root / "manifest.jsonl", collection="shapes_zh",
+                        options=IngestOptions(batch_size=64, workers=1), progress=False)
+    assert report.indexed == N_IMAGES_ZH
+    yield {"root": root, "rows": rows, "store": store, "emb": emb}
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def zh_server(zh_world):
+    from mmrag.server import create_app
+    from mmrag.service import SearchService
+
+    service = SearchService(zh_world["store"], zh_world["emb"], "shapes_zh", facet_fields=["format", "color", "shape"])
+    with ServerThread(create_app(service=service, api_key=None, cors_origins=[], mcp=False)) as s:
+        yield s

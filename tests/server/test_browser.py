@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from server.conftest import first_blue_triangle
 
@@ -15,7 +18,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="session")
+# Module scope (every browser test is in this module, so still one browser per run): the sync Playwright API
+# keeps an asyncio loop running in this thread until it exits, and pytest-asyncio tests after it would fail
+# with "Runner.run() cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI") == "true":
@@ -94,20 +100,63 @@ def test_drop_an_image_then_open_the_detail_view(page, world, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "detail.png"))
 
 
-def test_nothing_matches_message_and_chinese(page):
-    page.fill("#query", "一个蓝色的三角形")
+def test_nothing_matches_message(page, http):
+    """A real empty answer: the min-score box asks the server for hits scoring above every one."""
+    page.fill("#query", "a photo of a blue triangle.")
     page.click("#search-button")
     page.wait_for_selector("#results .hit")
-    page.click(".facet[data-key='color'] input[value='red']")
-    page.click(".facet[data-key='color'] input[value='blue']")
-    page.click(".facet[data-key='shape'] input[value='triangle']")
-    page.click(".facet[data-key='format'] input[value='PNG']")
-    page.fill("#query", "x")
-    page.evaluate("document.querySelector('#results').replaceChildren()")
-    page.route("**/api/search", lambda route: route.fulfill(status=200, content_type="application/json",
-                                                           body='{"hits": []}'))
-    page.click("#search-button")
+    best = http.post("/api/search", json={"query": "a photo of a blue triangle.", "k": 1}).json()["hits"][0]["score"]
+    threshold = min(math.ceil(best * 100) / 100 + 0.01, 1.0)  # the box takes 2 decimals; above the best
+    assert threshold > best
+    page.fill("#min-score", f"{threshold:.2f}")
+    with page.expect_response("**/api/search") as answer:
+        page.click("#search-button")
+    assert answer.value.request.post_data_json["score_threshold"] == pytest.approx(threshold)
+    assert answer.value.status == 200 and answer.value.json()["hits"] == []
     page.wait_for_function("document.querySelector('#message').textContent.startsWith('No images match')")
+    assert page.eval_on_selector_all("#results .hit", "els => els.length") == 0
+    # cleared again, the same query finds images
+    page.fill("#min-score", "")
+    page.click("#search-button")
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 24")
+
+
+def test_chinese_search_and_captions(browser, zh_server, zh_world, artifacts_dir):
+    """On a mmrag-shapes-zh collection: a Chinese query finds blue triangles; Chinese captions render."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(zh_server.url + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.fill("#query", "一张蓝色三角形的照片。")
+    page.click("#search-button")
+    page.wait_for_selector("#results .hit")
+    paths = _result_paths(page)
+    rows = zh_world["rows"]
+    # the grid's order is the reference computation's: cosine of the query to every image, best first
+    emb = zh_world["emb"]
+    names = sorted(rows)
+    q = emb.embed_texts(["一张蓝色三角形的照片。"])[0]
+    images = emb.embed_images([Image.open(zh_world["root"] / p).convert("RGB") for p in names])
+    expected = [names[i] for i in np.argsort(-(images @ q), kind="stable")[:24]]
+    assert paths[:5] == expected[:5] and len(paths) == 24
+    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(artifacts_dir / "search-zh.png"))
+    assert any(obj == ("blue", "triangle") for obj in [(rows[paths[0]]["color"], rows[paths[0]]["shape"]),
+                                                        (rows[paths[0]]["color2"], rows[paths[0]]["shape2"])])
+    page.click(f"#results .hit[data-path='{paths[0]}']")
+    page.wait_for_function("document.querySelector('#detail-image').complete && document.querySelector('#detail-image').naturalWidth > 0")
+    caption = page.text_content("#detail-caption")
+    assert caption == rows[paths[0]]["caption_zh"] and "三角形" in caption
+    # Real glyphs, not boxes: without a CJK font every Han character is the same .notdef box,
+    # so two different characters drawn on a canvas give identical pixels.
+    same = page.evaluate("""() => {
+        const draw = (ch) => { const c = document.createElement('canvas'); c.width = c.height = 40;
+            const g = c.getContext('2d'); g.font = '32px sans-serif'; g.fillText(ch, 2, 34);
+            return Array.from(g.getImageData(0, 0, 40, 40).data).join(','); };
+        return draw('三') === draw('蓝'); }""")
+    assert not same, "Chinese renders as boxes: install a CJK font (apt-get install fonts-noto-cjk; .ci/run does)"
+    page.screenshot(path=str(artifacts_dir / "detail-zh.png"))
+    context.close()
 
 
 def test_not_ready_message(browser, server):

@@ -85,6 +85,12 @@ async function run(fn) {
   try { showHits(await fn()); } catch (e) { $("results").replaceChildren(); message(e.message, true); }
 }
 
+// The optional "min score" box: a number, or null (no threshold) when empty or not a number.
+function minScore() {
+  const v = parseFloat($("min-score").value);
+  return Number.isFinite(v) ? v : null;
+}
+
 function searchText() {
   const query = $("query").value.trim();
   if (!query) { message("Type what you are looking for, or drop an image."); return; }
@@ -92,7 +98,7 @@ function searchText() {
   $("query-image").hidden = true;
   return run(() => api("/api/search", {
     method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ query, k: 24, target: state.target, filter: currentFilter() }),
+    body: JSON.stringify({ query, k: 24, target: state.target, filter: currentFilter(), score_threshold: minScore() }),
   }));
 }
 
@@ -113,6 +119,8 @@ function searchFile(file) {
   form.append("target", state.target);
   const f = currentFilter();
   if (f) form.append("filter", JSON.stringify(f));
+  const min = minScore();
+  if (min !== null) form.append("score_threshold", String(min));
   return run(() => api("/api/search/upload", { method: "POST", body: form }));
 }
 
