@@ -746,7 +746,8 @@ class EdgeStore(ThreadedAsyncMixin):
             require_free(self.collections_dir, CREATE_BYTES, reserve=self.min_free_bytes,
                          what=f"create collection {spec.name!r}")
             tmp_dir = self.collections_dir / f".creating-{spec.name}-{uuid.uuid4().hex[:8]}"
-            tmp_dir.mkdir()
+            with _read_only_as(self.home, f"create collection {spec.name!r}"):
+                tmp_dir.mkdir()
             # Held until the rename: `_clean_leftovers` of another process leaves a live creation alone.
             fd, _ = try_lock(tmp_dir / "shard.lock", process_holder(collection=spec.name, access="create"))
             try:
