@@ -225,7 +225,8 @@ def ingest_comparison(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             files = [str(f) for f in list_images(folder)]
             for variant, (backend, quant) in VARIANTS.items():
                 base = {"model_dir": str(model_dir), "device": "cpu", "backend": backend, "quantize": quant,
-                        "batch_size": args.ingest_batch, "workers": 0, "threads": 0, "executor": "auto"}
+                        "batch_size": args.ingest_batch, "workers": 0, "threads": 0, "executor": "auto",
+                        "fast": not args.no_fast_preprocess}  # the product default: JPEG draft decoding
                 log(f"[round {rnd + 1}] {name} {variant}")
                 row = {"uptime": uptime()}
                 row["model_only"] = run_phase("bench.ingest", "model_only", {
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixed", type=int, default=96, help="images in the mixed corpus (0 skips it)")
     ap.add_argument("--ingest-batch", type=int, default=32)
     ap.add_argument("--model-min-seconds", type=float, default=2.0)
+    ap.add_argument("--no-fast-preprocess", action="store_true", help="exact JPEG decoding (the product's default is draft)")
     ap.add_argument("--rclip-venv", type=Path, default=None, help="rclip's own venv; without it rclip is skipped")
     args = ap.parse_args(argv)
 
