@@ -236,6 +236,13 @@ ARCHS: dict[str, dict[str, Any]] = {
         text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
         projection_dim=512,
     ),
+    # rclip's own model is ViT-B-32-256 (open_clip, 256-px input): the same tower at 256 px,
+    # so mmrag and rclip run the same weights on the same corpora.
+    "b32-256": dict(
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=32, image_size=256),
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        projection_dim=512,
+    ),
     "l14": dict(
         vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=224),
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),

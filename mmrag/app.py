@@ -20,24 +20,30 @@ if TYPE_CHECKING:  # the CLI imports App on every call: keep numpy and qdrant_cl
 
 
 def quiet_model_loading() -> None:
-    """No transformers "Loading weights" bar and no hub retry chatter: one line of ours instead."""
+    """No transformers "Loading weights" bar and no hub retry chatter: one line of ours instead.
+
+    Imports nothing heavy: an ONNX query path never imports transformers (0.6 s), so when it
+    is not loaded yet we set what it reads at import (verbosity from the environment, the
+    bar from huggingface_hub's switch), which holds should an export import it later.
+    """
     import logging
     import os
     import sys
 
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()  # transformers' own bar follows this switch
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if "transformers" in sys.modules:
         import transformers.utils.logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # transformers copies this switch when it is imported
     else:
-        # Importing transformers here would cost the ONNX path ~0.7 s and ~100 MB for a log level;
-        # it reads this variable if (and when) a torch model or an ONNX export imports it.
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def check_reachable(url: str, *, timeout: float = 3.0) -> None:
@@ -69,15 +75,16 @@ class App:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from mmrag.store import open_store
-            from mmrag.store.retry import RetryingStore, RetryPolicy
+            from mmrag.store.factory import open_store
 
             url = self.settings.qdrant_url
             if url and url != ":memory:":
                 check_reachable(url, timeout=min(3.0, self.settings.qdrant_timeout))
             store = self._open(open_store)
             if url and url != ":memory:":
-                # Only a remote server has transient failures worth retrying.
+                # Only a remote server has transient failures worth retrying (tenacity loads only then).
+                from mmrag.store.retry import RetryingStore, RetryPolicy
+
                 store = RetryingStore(store, RetryPolicy.from_settings(self.settings))
             self._store = store
         return self._store

@@ -110,9 +110,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _retriever(args: argparse.Namespace, app, collection: str):
-    from mmrag.retrieval import MultimodalRetriever
+    # The plain searcher, not the LangChain retriever: same results, 0.4 s less to import.
+    from mmrag.retrieval.search import CollectionSearcher
 
-    return MultimodalRetriever(
+    return CollectionSearcher(
         store=app.store,
         embedder=app.embedder(args.model, collection=collection),
         collection=collection,

@@ -1,22 +1,36 @@
 """The query side: query decoding, the store search, and LangChain Documents.
 
 query:  text / image ──▶ embedder ──▶ store search ──▶ Documents
+
+Names load on first use (PEP 562), so `mmrag.retrieval.search` (the CLI's query path)
+does not pay for LangChain's retriever and embeddings modules.
 """
 
 from __future__ import annotations
 
-from mmrag.retrieval.documents import describe_path, document_from_point, image_content_block, image_mime_type
-from mmrag.retrieval.embeddings import MultimodalEmbeddings
-from mmrag.retrieval.queries import is_image_query, load_query_image
-from mmrag.retrieval.retriever import MultimodalRetriever
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "MultimodalEmbeddings",
-    "MultimodalRetriever",
-    "describe_path",
-    "document_from_point",
-    "image_content_block",
-    "image_mime_type",
-    "is_image_query",
-    "load_query_image",
-]
+_EXPORTS = {
+    "CollectionSearcher": "mmrag.retrieval.search",
+    "MultimodalEmbeddings": "mmrag.retrieval.embeddings",
+    "MultimodalRetriever": "mmrag.retrieval.retriever",
+    "MultimodalVectorStore": "mmrag.retrieval.vectorstore",
+    "RemoteMultimodalRetriever": "mmrag.retrieval.remote",
+    "describe_path": "mmrag.retrieval.documents",
+    "document_from_point": "mmrag.retrieval.documents",
+    "image_content_block": "mmrag.retrieval.documents",
+    "image_mime_type": "mmrag.retrieval.documents",
+    "is_image_query": "mmrag.retrieval.queries",
+    "load_query_image": "mmrag.retrieval.queries",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

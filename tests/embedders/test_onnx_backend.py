@@ -116,8 +116,9 @@ import json, sys, time
 t0 = time.perf_counter()
 from mmrag.cli.main import main
 code = main(["search", "a red picture", "-k", "2", "--json"])
-print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
-                  "onnxruntime": "onnxruntime" in sys.modules}), file=sys.stderr)
+lazy = ["torch", "transformers", "langchain_core.retrievers", "langchain_core.embeddings", "langsmith", "tenacity"]
+print(json.dumps({"code": code, "onnxruntime": "onnxruntime" in sys.modules,
+                  "imported": [m for m in lazy if m in sys.modules]}), file=sys.stderr)
 """
 
 
@@ -140,7 +141,8 @@ def test_onnx_search_imports_neither_torch_nor_transformers(tiny_clip_dir: Path,
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == "loading model …"  # shown before the heavy imports
-    assert json.loads(lines[-1]) == {"code": 0, "torch": False, "transformers": False, "onnxruntime": True}
+    # neither runtime's Python stack, nor LangChain's retriever/tracing stack, nor the retry library
+    assert json.loads(lines[-1]) == {"code": 0, "onnxruntime": True, "imported": []}
     hits = json.loads(proc.stdout)["hits"]
     assert sorted(h["path"] for h in hits) == ["blue.png", "red.png"]
     # the same scores as the torch reference
