@@ -5,12 +5,12 @@ A real small tmpfs is mounted for the test, which needs root (CAP_SYS_ADMIN) and
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.integrity.mounts import mounted_tmpfs
 
 N_IMAGES = 40
 TMPFS_MB = 200  # creating a collection takes 20 MiB and its first open 45 MiB (WAL segments)
@@ -19,18 +19,8 @@ RESERVE_MB = 64
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root; run as root to test the full-disk path")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", TMPFS_MB, why_root="mounting a tmpfs needs root; run as root to test the full-disk path") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(mnt: Path, leave: int) -> Path:

@@ -11,12 +11,12 @@ otherwise).
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.integrity.mounts import mounted_tmpfs
 
 TMPFS_MB = 256
 ENV = dict(MMRAG_MIN_FREE_MB="16")  # the default 128 MiB reserve would not fit the small tmpfs
@@ -24,18 +24,8 @@ ENV = dict(MMRAG_MIN_FREE_MB="16")  # the default 128 MiB reserve would not fit 
 
 @pytest.fixture
 def tmpfs(tmp_path: Path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a read-only filesystem needs root to mount (root ignores permission bits otherwise)")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", TMPFS_MB, why_root="a read-only filesystem needs root to mount (root ignores permission bits otherwise)") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _remount(mnt: Path, mode: str) -> None:
