@@ -79,3 +79,26 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(N, dim) float32, unit norm. Padded to the longest text in each batch."""
+
+
+class BatchedImages:
+    """`embed_images` for a backend that has `preprocess`, `embed_pixels`, `batch_size` and `info`:
+    PIL images preprocessed and embedded one batch at a time (memory bounded by the batch)."""
+
+    info: ModelInfo
+    batch_size: int
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            out.append(self.embed_pixels(np.stack([self.preprocess(im) for im in chunk])))
+        return np.concatenate(out, axis=0)

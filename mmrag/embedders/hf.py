@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, backend_from_config, language_of
-from mmrag.embedders.base import ModelInfo
+from mmrag.embedders.base import BatchedImages, ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
 from mmrag.embedders.tuning import is_out_of_memory, release_cached_memory
@@ -81,7 +81,7 @@ def _backend_of(source: str) -> str:
     return backend_from_config(config.to_dict(), source)
 
 
-class HFClipEmbedder:
+class HFClipEmbedder(BatchedImages):
     """`Embedder` over a transformers CLIP / Chinese-CLIP checkpoint (hub id or directory)."""
 
     def __init__(
@@ -209,15 +209,6 @@ class HFClipEmbedder:
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         chunk = chunk.to(device=self.device, dtype=self.dtype)
         return l2_normalize(projected_features(self.model.get_image_features(pixel_values=chunk)))
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, self.info.dim), dtype=np.float32)
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            out.append(self.embed_pixels(np.stack([self.preprocess(im) for im in chunk])))
-        return np.concatenate(out, axis=0)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenizer output for one batch: padded to its longest text, truncated to the model limit."""

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders.base import BackendUnavailable, ModelInfo
+from mmrag.embedders.base import BackendUnavailable, BatchedImages, ModelInfo
 from mmrag.embedders.transform import ClipTransform
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class OnnxClipEmbedder:
+class OnnxClipEmbedder(BatchedImages):
     """`Embedder` over an export from `export_model`, run by ONNX Runtime."""
 
     def __init__(
@@ -441,15 +441,6 @@ class OnnxClipEmbedder:
             for i in range(0, len(pixels), self.batch_size)
         ]
         return _l2_normalize(np.concatenate(out, axis=0))
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, self.info.dim), dtype=np.float32)
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            out.append(self.embed_pixels(np.stack([self.preprocess(im) for im in chunk])))
-        return np.concatenate(out, axis=0)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """One batch as int64 arrays: padded to its longest text, truncated to the model limit."""
