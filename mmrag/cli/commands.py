@@ -57,6 +57,14 @@ def _collection(args: argparse.Namespace, app) -> str:
     return args.collection or app.settings.collection
 
 
+def _existing_collection(args: argparse.Namespace, app) -> str:
+    """The collection (or alias) the command reads; NotFoundError, with the way to make it, if there is none."""
+    collection = _collection(args, app)
+    if not app.store.collection_exists(collection):
+        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    return collection
+
+
 # --- commands ------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
     from mmrag.ingest import IngestOptions, check_corpus, run_ingest
@@ -184,9 +192,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     query: Any = Path(args.image) if args.image else args.query
     app = _app(args, announce=False)  # the loading line is already out
-    collection = _collection(args, app)
-    if app.store.get_spec(app.store.resolve(collection)) is None:
-        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    collection = _existing_collection(args, app)
     retriever = _retriever(args, app, collection)
     try:
         docs = retriever.search(
@@ -232,13 +238,11 @@ def cmd_facets(args: argparse.Namespace) -> int:
     from mmrag.store.filters import filter_from_cli
 
     app = _app(args)
-    collection = _collection(args, app)
-    if app.store.get_spec(app.store.resolve(collection)) is None:
-        raise NotFoundError(f"collection {collection!r} does not exist")
+    collection = _existing_collection(args, app)
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     try:
-        flt = filter_from_cli(args.filter or [])
+        flt = filter_from_cli(_cli_filters(args.filter or []))
         hits = app.store.facet(app.store.resolve(collection), args.key, filter=flt, limit=args.limit)
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -257,9 +261,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from mmrag.retrieval.calibration import calibrate
 
     app = _app(args)
-    collection = _collection(args, app)
-    if app.store.get_spec(app.store.resolve(collection)) is None:
-        raise NotFoundError(f"collection {collection!r} does not exist")
+    collection = _existing_collection(args, app)
     prompts = None
     if args.prompts:
         if not args.prompts.is_file():
@@ -675,9 +677,7 @@ def _service(args: argparse.Namespace):
     from mmrag.service import SearchService
 
     app = _app(args)
-    collection = _collection(args, app)
-    if not app.store.collection_exists(collection):
-        raise NotFoundError(f"collection {collection!r} does not exist; run `mmrag ingest <folder> --collection {collection}` first")
+    collection = _existing_collection(args, app)
     if args.model:
         app.embedder(args.model)  # an explicit model wins over the collection's own
     return app, SearchService.from_app(app, collection)
