@@ -83,6 +83,7 @@ def load_bench_embedder(p: dict[str, Any], *, quantize: str | None | bool = Fals
             batch_size=int(p.get("batch_size", 32)),
             text_batch_size=int(p.get("text_batch_size", 128)),
             backend=p.get("backend", "auto"),
+            threads=int(p.get("threads") or 0),
         )
 
 

@@ -13,9 +13,9 @@ from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from langchain_core.documents import Document
-from qdrant_client import models
 
 from mmrag.store.convert import normalize_rel_path
+from mmrag.store.points import Hit, StoredPoint
 
 IncludeImage = Literal["path", "data_uri"]
 
@@ -79,8 +79,14 @@ def data_uri(file: Path, mime_type: str) -> str:
     return f"data:{mime_type};base64,{base64.b64encode(Path(file).read_bytes()).decode('ascii')}"
 
 
+def _score(point: Any) -> float | None:
+    """A hit's score; None for a stored point (qdrant-client's ScoredPoint and Record read the same way)."""
+    score = getattr(point, "score", None)
+    return None if score is None else float(score)
+
+
 def document_from_point(
-    point: models.ScoredPoint | models.Record,
+    point: Hit | StoredPoint,
     *,
     vector_name: str | None = None,
     include_image: IncludeImage | None = None,
@@ -105,7 +111,7 @@ def document_from_point(
         content = describe_path(rel_path) if rel_path else f"Image {point.id}"
     metadata: dict[str, Any] = {
         "id": str(point.id),
-        "score": float(point.score) if isinstance(point, models.ScoredPoint) else None,
+        "score": _score(point),
         "vector": vector_name,
         "path": rel_path,
         "width": payload.get("width"),

@@ -1,45 +1,44 @@
-"""Vector storage: one `Store` contract, two Qdrant backends, and the factory that picks one."""
+"""Vector storage: one `Store` contract, two Qdrant backends, and the factory that picks one.
+
+Names load on first use (PEP 562): the embedded store's query path never imports
+qdrant_client (about 1.2 s), which only the client backend and the filter builders need.
+"""
 
 from __future__ import annotations
 
-from mmrag.store.base import MmrParams, Store, ThreadedAsyncMixin
-from mmrag.store.client import QdrantClientStore
-from mmrag.store.edge import BOOLEAN_FILTER_MESSAGE, RRF_K, EdgeStore, to_edge_filter
-from mmrag.store.factory import open_store
-from mmrag.store.schema import (
-    IMAGE_VECTOR,
-    PAYLOAD_FIELDS,
-    PAYLOAD_INDEXES,
-    SCHEMA_VERSION,
-    SPARSE_VECTOR,
-    TEXT_VECTOR,
-    VECTOR_NAMES,
-    CollectionSpec,
-    SchemaMismatch,
-    check_compatible,
-)
+from importlib import import_module
+from typing import Any
 
-# --- helpers from convert.py / filters.py / retry.py (wired by the integrator) ---
-# e.g.: from .convert import ...; from .filters import ...; from .retry import ...
+_EXPORTS = {
+    "BOOLEAN_FILTER_MESSAGE": "mmrag.store.edge",
+    "CollectionSpec": "mmrag.store.schema",
+    "EdgeStore": "mmrag.store.edge",
+    "Hit": "mmrag.store.points",
+    "IMAGE_VECTOR": "mmrag.store.schema",
+    "MmrParams": "mmrag.store.base",
+    "PAYLOAD_FIELDS": "mmrag.store.schema",
+    "PAYLOAD_INDEXES": "mmrag.store.schema",
+    "QdrantClientStore": "mmrag.store.client",
+    "RRF_K": "mmrag.store.base",
+    "SCHEMA_VERSION": "mmrag.store.schema",
+    "SPARSE_VECTOR": "mmrag.store.schema",
+    "SchemaMismatch": "mmrag.store.schema",
+    "Store": "mmrag.store.base",
+    "StoredPoint": "mmrag.store.points",
+    "TEXT_VECTOR": "mmrag.store.schema",
+    "ThreadedAsyncMixin": "mmrag.store.base",
+    "VECTOR_NAMES": "mmrag.store.schema",
+    "check_compatible": "mmrag.store.schema",
+    "open_store": "mmrag.store.factory",
+    "to_edge_filter": "mmrag.store.edge",
+}
 
-__all__ = [
-    "BOOLEAN_FILTER_MESSAGE",
-    "CollectionSpec",
-    "EdgeStore",
-    "IMAGE_VECTOR",
-    "MmrParams",
-    "PAYLOAD_FIELDS",
-    "PAYLOAD_INDEXES",
-    "QdrantClientStore",
-    "RRF_K",
-    "SCHEMA_VERSION",
-    "SchemaMismatch",
-    "SPARSE_VECTOR",
-    "TEXT_VECTOR",
-    "ThreadedAsyncMixin",
-    "VECTOR_NAMES",
-    "Store",
-    "check_compatible",
-    "open_store",
-    "to_edge_filter",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

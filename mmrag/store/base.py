@@ -1,4 +1,7 @@
-"""The one store adapter contract, spoken in qdrant-client's models.
+"""The one store adapter contract.
+
+Filters and points to write are qdrant-client's models; what comes back is our own
+`StoredPoint` / `Hit` (store/points.py), so that a query needs no qdrant_client import.
 
 Backends: `EdgeStore` (qdrant-edge, embedded on disk, the default),
 `QdrantClientStore` (qdrant-client: remote server or `:memory:`). Nothing in
@@ -10,11 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from qdrant_client import models
+from mmrag.store.points import Hit, StoredPoint
+from mmrag.store.schema import CollectionSpec, PayloadSchema
 
-from mmrag.store.schema import CollectionSpec
+if TYPE_CHECKING:  # filters and points to write are qdrant-client models; results are our own (points.py)
+    from qdrant_client import models
 
 FusionMethod = Literal["rrf", "dbsf"]
 
@@ -54,7 +59,7 @@ class Store(Protocol):
     def update_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         """Merge keys into the collection's metadata (e.g. tagging labels)."""
     def delete_collection(self, name: str) -> None: ...
-    def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None: ...
+    def create_payload_index(self, name: str, field: str, schema: PayloadSchema) -> None: ...
 
     # --- aliases (server: Qdrant aliases; edge: our own atomic pointer file) ---
     def get_aliases(self) -> dict[str, str]:
@@ -74,7 +79,7 @@ class Store(Protocol):
         """A different payload update per point, applied as one batch (tagging writes thousands)."""
     def retrieve(
         self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
-    ) -> list[models.Record]: ...
+    ) -> list[StoredPoint]: ...
     def scroll(
         self,
         name: str,
@@ -84,7 +89,7 @@ class Store(Protocol):
         offset: Any = None,
         with_payload: bool | Sequence[str] = True,
         with_vectors: bool | Sequence[str] = False,
-    ) -> tuple[list[models.Record], Any]:
+    ) -> tuple[list[StoredPoint], Any]:
         """One page of points and the offset of the next page (None at the end)."""
     def count(self, name: str, count_filter: models.Filter | None = None) -> int: ...
 
@@ -103,7 +108,7 @@ class Store(Protocol):
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
         mmr: MmrParams | None = None,
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         """Nearest neighbours on one named vector; score is cosine similarity.
 
         With `mmr`, the engine re-ranks the `mmr.candidates` nearest for diversity.
@@ -122,7 +127,7 @@ class Store(Protocol):
         weights: Mapping[str, float] | None = None,
         mmr: MmrParams | None = None,
         score_thresholds: Mapping[str, float] | None = None,
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         """One engine query: a prefetch per named dense vector (and, with `text`, a BM25
         prefetch on the sparse vector), each under `query_filter`, fused by the engine
         (RRF with k=2, optionally weighted per vector name, or DBSF). With `mmr` the
@@ -134,8 +139,8 @@ class Store(Protocol):
     ) -> list[models.FacetValueHit]:
         """Counts of the values of the indexed payload field `key` among points matching `filter`."""
 
-    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]: ...
-    async def asearch_fused(self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any) -> list[models.ScoredPoint]: ...
+    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[Hit]: ...
+    async def asearch_fused(self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any) -> list[Hit]: ...
 
     def optimize(self, name: str) -> None:
         """Build indexes now (HNSW on edge); a no-op where the server does it itself."""
@@ -145,12 +150,12 @@ class Store(Protocol):
 class ThreadedAsyncMixin:
     """Async methods for synchronous backends: run the sync call in a worker thread."""
 
-    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]:
+    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[Hit]:
         return await asyncio.to_thread(self.search, name, vector, **kwargs)  # type: ignore[attr-defined]
 
     async def asearch_fused(
         self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         return await asyncio.to_thread(self.search_fused, name, vectors, **kwargs)  # type: ignore[attr-defined]
 
 

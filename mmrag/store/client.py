@@ -12,6 +12,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
+from mmrag.store.points import Hit, StoredPoint, hit, stored_point
 from mmrag.store.schema import (
     BM25_MODEL,
     BM25_OPTIONS,
@@ -19,9 +20,11 @@ from mmrag.store.schema import (
     SPARSE_VECTOR,
     VECTOR_NAMES,
     CollectionSpec,
+    PayloadSchema,
     SparseVectorMissing,
     bm25_input,
     missing_sparse_message,
+    schema_name,
 )
 
 try:
@@ -104,10 +107,11 @@ class QdrantClientStore(ThreadedAsyncMixin):
         """Delete collection `name` (not resolved through aliases); Qdrant drops its aliases too."""
         self.client.delete_collection(name)
 
-    def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None:
+    def create_payload_index(self, name: str, field: str, schema: PayloadSchema) -> None:
         if self._local:
             return  # local mode has no payload indexes (filters still work, by scanning)
-        self.client.create_payload_index(name, field_name=field, field_schema=schema, wait=True)
+        self.client.create_payload_index(name, field_name=field, field_schema=models.PayloadSchemaType(schema_name(schema)),
+                                         wait=True)
 
     # --- aliases -------------------------------------------------------------------
     def get_aliases(self) -> dict[str, str]:
@@ -187,12 +191,12 @@ class QdrantClientStore(ThreadedAsyncMixin):
 
     def retrieve(
         self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
-    ) -> list[models.Record]:
+    ) -> list[StoredPoint]:
         if not ids:
             return []
-        return self.client.retrieve(
+        return [stored_point(r) for r in self.client.retrieve(
             name, ids=list(ids), with_payload=with_payload, with_vectors=_selector(with_vectors)
-        )
+        )]
 
     def scroll(
         self,
@@ -203,8 +207,8 @@ class QdrantClientStore(ThreadedAsyncMixin):
         offset: Any = None,
         with_payload: bool | Sequence[str] = True,
         with_vectors: bool | Sequence[str] = False,
-    ) -> tuple[list[models.Record], Any]:
-        return self.client.scroll(
+    ) -> tuple[list[StoredPoint], Any]:
+        records, next_offset = self.client.scroll(
             name,
             scroll_filter=scroll_filter,
             limit=limit,
@@ -212,6 +216,7 @@ class QdrantClientStore(ThreadedAsyncMixin):
             with_payload=_selector(with_payload),
             with_vectors=_selector(with_vectors),
         )
+        return [stored_point(r) for r in records], next_offset
 
     def count(self, name: str, count_filter: models.Filter | None = None) -> int:
         return self.client.count(name, count_filter=count_filter, exact=True).count
@@ -315,7 +320,7 @@ class QdrantClientStore(ThreadedAsyncMixin):
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
         mmr: MmrParams | None = None,
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         """Nearest neighbours on the named vector `using`; score is cosine similarity."""
         kwargs = self._search_kwargs(
             vector,
@@ -329,13 +334,13 @@ class QdrantClientStore(ThreadedAsyncMixin):
             with_vectors=with_vectors,
             mmr=mmr,
         )
-        return self.client.query_points(name, **kwargs).points
+        return [hit(p) for p in self.client.query_points(name, **kwargs).points]
 
     def search_fused(
         self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         """A prefetch per named vector (and BM25 with `text`), fused by the engine; see `Store.search_fused`."""
-        return self.client.query_points(name, **self._fused_kwargs(name, vectors, **kwargs)).points
+        return [hit(p) for p in self.client.query_points(name, **self._fused_kwargs(name, vectors, **kwargs)).points]
 
     def facet(
         self, name: str, key: str, *, filter: models.Filter | None = None, limit: int = 10
@@ -343,19 +348,19 @@ class QdrantClientStore(ThreadedAsyncMixin):
         response = self.client.facet(self.resolve(name), key, facet_filter=filter, limit=limit, exact=True)
         return list(response.hits)
 
-    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[models.ScoredPoint]:
+    async def asearch(self, name: str, vector: Sequence[float], **kwargs: Any) -> list[Hit]:
         if self.async_client is None:
             return await super().asearch(name, vector, **kwargs)
         response = await self.async_client.query_points(name, **self._search_kwargs(vector, **kwargs))
-        return response.points
+        return [hit(p) for p in response.points]
 
     async def asearch_fused(
         self, name: str, vectors: Mapping[str, Sequence[float]], **kwargs: Any
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         if self.async_client is None:
             return await super().asearch_fused(name, vectors, **kwargs)
         response = await self.async_client.query_points(name, **self._fused_kwargs(name, vectors, **kwargs))
-        return response.points
+        return [hit(p) for p in response.points]
 
     def optimize(self, name: str) -> None:
         """No-op: a Qdrant server builds its indexes in the background."""

@@ -19,8 +19,8 @@ from pathlib import PurePath
 from typing import Any
 
 import numpy as np
-from qdrant_client import models
 
+from mmrag.store.qdrant_models import models
 from mmrag.store.schema import BM25_MODEL, IMAGE_VECTOR, PAYLOAD_FIELDS, SPARSE_VECTOR, TEXT_VECTOR
 from mmrag.values import rfc3339
 

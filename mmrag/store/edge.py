@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
-from qdrant_client import models
 
 from mmrag.errors import LockHeldError, RunFailed, UsageError
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
 from mmrag.store.integrity import count_message, recorded_points
+from mmrag.store.points import Hit, StoredPoint
+from mmrag.store.qdrant_models import models
 from mmrag.store.schema import (
     BM25_MODEL,
     IMAGE_VECTOR,
@@ -60,9 +61,11 @@ from mmrag.store.schema import (
     SPARSE_VECTOR,
     VECTOR_NAMES,
     CollectionSpec,
+    PayloadSchema,
     SparseVectorMissing,
     bm25_input,
     missing_sparse_message,
+    schema_name,
 )
 from mmrag.store.space import CREATE_BYTES, DEFAULT_MIN_FREE_BYTES, DiskFull, estimate_points_bytes, is_enospc, require_free
 from mmrag.values import rfc3339
@@ -238,9 +241,9 @@ def _id_out(point_id: Any) -> int | str:
     return str(point_id) if isinstance(point_id, uuid.UUID) else point_id
 
 
-def to_edge_schema(schema: models.PayloadSchemaType | str) -> Any:
+def to_edge_schema(schema: PayloadSchema) -> Any:
     """PayloadSchemaType (or its string value) -> qdrant_edge.PayloadSchemaType."""
-    key = schema.value if isinstance(schema, models.PayloadSchemaType) else str(schema).lower()
+    key = schema_name(schema)
     try:
         return _SCHEMA_TYPES[key]
     except KeyError:
@@ -444,18 +447,18 @@ def _vector_out(vector: Any) -> Any:
     return list(vector)
 
 
-def to_record(record: Any, *, with_payload: bool = True) -> models.Record:
+def to_record(record: Any, *, with_payload: bool = True) -> StoredPoint:
     payload = record.payload if with_payload else None
     if with_payload and payload is None:
         payload = {}
-    return models.Record(id=_id_out(record.id), payload=payload, vector=_vector_out(record.vector))
+    return StoredPoint(id=_id_out(record.id), payload=payload, vector=_vector_out(record.vector))
 
 
-def to_scored_point(point: Any, *, with_payload: bool = True) -> models.ScoredPoint:
+def to_scored_point(point: Any, *, with_payload: bool = True) -> Hit:
     payload = point.payload if with_payload else None
     if with_payload and payload is None:
         payload = {}
-    return models.ScoredPoint(
+    return Hit(
         id=_id_out(point.id),
         version=int(point.version),
         score=float(point.score),
@@ -773,7 +776,7 @@ class EdgeStore(ThreadedAsyncMixin):
                     tmp_dir / "meta.json",
                     {
                         "metadata": spec.to_metadata(),
-                        "payload_indexes": {k: _schema_value(v) for k, v in spec.payload_indexes.items()},
+                        "payload_indexes": {k: schema_name(v) for k, v in spec.payload_indexes.items()},
                         "vectors": {name: spec.dim for name in VECTOR_NAMES},
                         **({"sparse_vectors": {SPARSE_VECTOR: "idf"}} if spec.has_sparse else {}),
                     },
@@ -834,7 +837,7 @@ class EdgeStore(ThreadedAsyncMixin):
             for alias in [a for a, target in aliases.items() if target == name]:
                 del aliases[alias]
 
-    def create_payload_index(self, name: str, field: str, schema: models.PayloadSchemaType) -> None:
+    def create_payload_index(self, name: str, field: str, schema: PayloadSchema) -> None:
         real = self.resolve(name)
         shard = self._shard(real, write=True)
         shard.update(qe.UpdateOperation.create_field_index(field, to_edge_schema(schema)))
@@ -842,7 +845,7 @@ class EdgeStore(ThreadedAsyncMixin):
         with self._lock:
             meta = self._read_meta(real)
             if meta is not None:
-                meta.setdefault("payload_indexes", {})[field] = _schema_value(schema)
+                meta.setdefault("payload_indexes", {})[field] = schema_name(schema)
                 write_json_atomic(self._meta_path(real), meta)
 
     # --- aliases -------------------------------------------------------------------
@@ -941,7 +944,7 @@ class EdgeStore(ThreadedAsyncMixin):
 
     def retrieve(
         self, name: str, ids: Sequence[str], *, with_payload: bool = True, with_vectors: bool | Sequence[str] = False
-    ) -> list[models.Record]:
+    ) -> list[StoredPoint]:
         if not ids:
             return []
         records = self._shard(name).retrieve([_id_in(i) for i in ids], with_payload, _with_vectors(with_vectors))
@@ -956,7 +959,7 @@ class EdgeStore(ThreadedAsyncMixin):
         offset: Any = None,
         with_payload: bool | Sequence[str] = True,
         with_vectors: bool | Sequence[str] = False,
-    ) -> tuple[list[models.Record], Any]:
+    ) -> tuple[list[StoredPoint], Any]:
         records, next_offset = self._shard(name).scroll(
             qe.ScrollRequest(
                 offset=_id_in(offset) if offset is not None else None,
@@ -993,7 +996,7 @@ class EdgeStore(ThreadedAsyncMixin):
         with_payload: bool = True,
         with_vectors: bool | Sequence[str] = False,
         mmr: MmrParams | None = None,
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         dense = [float(v) for v in vector]
         query = (
             qe.Mmr(dense, mmr.lambda_mult, mmr.candidates, using=using)
@@ -1027,7 +1030,7 @@ class EdgeStore(ThreadedAsyncMixin):
         weights: Mapping[str, float] | None = None,
         mmr: MmrParams | None = None,
         score_thresholds: Mapping[str, float] | None = None,
-    ) -> list[models.ScoredPoint]:
+    ) -> list[Hit]:
         """One engine query: a prefetch per vector (BM25 too when `text` is given), fused by the engine."""
         if text is not None and not self._has_sparse(name):
             raise SparseVectorMissing(missing_sparse_message(self.resolve(name)))
@@ -1117,7 +1120,7 @@ class EdgeStore(ThreadedAsyncMixin):
         self.close()
 
 
-def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
+def _check_cosine_scores(name: str, hits: Sequence[Hit]) -> None:
     """A cosine score outside [-1, 1] (or NaN) means damaged vector files: refuse to serve it."""
     for hit in hits:
         if not math.isfinite(hit.score) or abs(hit.score) > 1.0 + 1e-3:
@@ -1126,6 +1129,3 @@ def _check_cosine_scores(name: str, hits: Sequence[models.ScoredPoint]) -> None:
                 f"similarity: its vector files are damaged. Rebuild it (`mmrag reindex {name} --rebuild`)."
             )
 
-
-def _schema_value(schema: models.PayloadSchemaType | str) -> str:
-    return schema.value if isinstance(schema, models.PayloadSchemaType) else str(schema).lower()

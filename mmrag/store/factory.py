@@ -5,12 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient, QdrantClient
-
 from mmrag.settings import Settings
 from mmrag.store.base import Store
-from mmrag.store.client import QdrantClientStore
-from mmrag.store.edge import EdgeStore
 
 MEMORY_URL = ":memory:"
 
@@ -28,6 +24,16 @@ def _client_kwargs(settings: Settings) -> dict[str, Any]:
 
 def open_store(settings: Settings) -> Store:
     """`QDRANT_URL` set: a Qdrant server (`:memory:`: an in-process one); else the embedded EdgeStore in `home`."""
+    if not settings.qdrant_url:
+        from mmrag.store.edge import EdgeStore
+
+        return EdgeStore(settings.home, lock_wait_s=settings.store_lock_wait_seconds,
+                         min_free_bytes=int(settings.min_free_mb * 1024 * 1024))
+    # qdrant_client only here: importing it costs ~1.2 s, which an embedded store never pays.
+    from qdrant_client import AsyncQdrantClient, QdrantClient
+
+    from mmrag.store.client import QdrantClientStore
+
     if settings.qdrant_url == MEMORY_URL:
         # No async client: a second `:memory:` client would be a different, empty database.
         return QdrantClientStore(
@@ -35,14 +41,11 @@ def open_store(settings: Settings) -> Store:
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
         )
-    if settings.qdrant_url:
-        kwargs = _client_kwargs(settings)
-        return QdrantClientStore(
-            QdrantClient(**kwargs),
-            # the sync client already checked the server's version; one warning is enough
-            async_client=AsyncQdrantClient(**kwargs, check_compatibility=False),
-            shard_number=settings.shard_number,
-            replication_factor=settings.replication_factor,
-        )
-    return EdgeStore(settings.home, lock_wait_s=settings.store_lock_wait_seconds,
-                     min_free_bytes=int(settings.min_free_mb * 1024 * 1024))
+    kwargs = _client_kwargs(settings)
+    return QdrantClientStore(
+        QdrantClient(**kwargs),
+        # the sync client already checked the server's version; one warning is enough
+        async_client=AsyncQdrantClient(**kwargs, check_compatibility=False),
+        shard_number=settings.shard_number,
+        replication_factor=settings.replication_factor,
+    )

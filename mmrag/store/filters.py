@@ -23,10 +23,10 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
-from qdrant_client import models
 
 from mmrag.errors import UsageError
 from mmrag.store.convert import FLAG_KEYWORDS, flag_keyword
+from mmrag.store.qdrant_models import models
 
 RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
 FIELD_OPERATORS = ("eq", "ne", "in", "nin", "text", *RANGE_OPERATORS)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from qdrant_client import models
+from typing import TYPE_CHECKING, Any, Union
 
 from mmrag.errors import UsageError
+
+if TYPE_CHECKING:
+    from qdrant_client import models
 
 SCHEMA_VERSION = 1
 
@@ -63,17 +64,26 @@ PAYLOAD_FIELDS = (
 )
 
 # Indexes on the fields people filter on.
-PAYLOAD_INDEXES: dict[str, models.PayloadSchemaType] = {
-    "path": models.PayloadSchemaType.KEYWORD,
-    "sha256": models.PayloadSchemaType.KEYWORD,
-    "format": models.PayloadSchemaType.KEYWORD,
-    "model_id": models.PayloadSchemaType.KEYWORD,
-    "has_caption": models.PayloadSchemaType.KEYWORD,
-    "tags": models.PayloadSchemaType.KEYWORD,
-    "width": models.PayloadSchemaType.INTEGER,
-    "height": models.PayloadSchemaType.INTEGER,
-    "mtime": models.PayloadSchemaType.FLOAT,
+# Values are Qdrant's payload schema names ("keyword", ...); either backend also takes a
+# qdrant-client `PayloadSchemaType`, whose value is the same name (see `schema_name`).
+PAYLOAD_INDEXES: dict[str, str] = {
+    "path": "keyword",
+    "sha256": "keyword",
+    "format": "keyword",
+    "model_id": "keyword",
+    "has_caption": "keyword",
+    "tags": "keyword",
+    "width": "integer",
+    "height": "integer",
+    "mtime": "float",
 }
+
+PayloadSchema = Union[str, "models.PayloadSchemaType"]
+
+
+def schema_name(schema: PayloadSchema) -> str:
+    """A payload index type as Qdrant's lower-case name: "keyword", "integer", ..."""
+    return str(getattr(schema, "value", schema)).lower()
 
 
 class SchemaMismatch(UsageError, RuntimeError):
@@ -87,7 +97,7 @@ class CollectionSpec:
     model_id: str
     schema_version: int = SCHEMA_VERSION
     quantization: str | None = None
-    payload_indexes: Mapping[str, models.PayloadSchemaType] = field(default_factory=lambda: dict(PAYLOAD_INDEXES))
+    payload_indexes: Mapping[str, PayloadSchema] = field(default_factory=lambda: dict(PAYLOAD_INDEXES))
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Payload fields whose text feeds the BM25 vector; None: the collection has no sparse
     # vector (made before it existed) and answers dense searches only.

@@ -1,0 +1,28 @@
+"""qdrant-client's `models`, imported on first attribute access.
+
+`import qdrant_client` takes about 1.2 s (it builds hundreds of pydantic models), which
+is most of a cold `mmrag search`. Modules that speak qdrant-client's filter and point
+models import `models` from here, so a query without a filter never pays for it; a
+filter object exists only once qdrant_client is imported, so converting one is free.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qdrant_client import models as models
+else:
+
+    class _LazyModels:
+        def __getattr__(self, name: str) -> Any:
+            from qdrant_client import models as real
+
+            return getattr(real, name)
+
+        def __repr__(self) -> str:
+            return "<qdrant_client.models, imported on first use>"
+
+    models = _LazyModels()
+
+__all__ = ["models"]
