@@ -213,6 +213,7 @@ def _ingest_options(p: dict[str, Any], embedder: Any) -> Any:
         workers=int(p.get("workers", 0)),
         decode_executor=p.get("executor", "auto"),
         draft_size=embedder.draft_size if p.get("fast") else None,
+        overlap_decode=p.get("overlap"),
     )
 
 

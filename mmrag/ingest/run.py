@@ -13,6 +13,7 @@ than duplicates.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -59,6 +60,9 @@ class IngestOptions:
     allow_outside_root: bool = False  # index symlinks / manifest rows that leave the corpus root
     # manifest text fields indexed by BM25 beside the caption (e.g. ("tags", "keywords"))
     sparse_fields: tuple[str, ...] = ()
+    # decode the next batch while the model runs: None decides by the model's device (see
+    # decode_window); the benchmark sets it to measure both schedules in one run
+    overlap_decode: bool | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, embedder: Embedder | None = None) -> IngestOptions:
@@ -386,6 +390,7 @@ def run_ingest(
     target, state = plan.target, plan.state
     todo = plan.todo
 
+    overlap, window = decode_window(embedder.device, opts.batch_size, opts.workers, opts.overlap_decode)
     writer = StoreWriter(store, target, opts.write_batch_size)
     bar = tqdm(total=len(todo), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
     try:
@@ -397,11 +402,10 @@ def run_ingest(
             max_image_pixels=opts.max_image_pixels,
             preprocess=preprocess,
             draft_size=opts.draft_size,
-            # Decode the next batch while the model embeds this one: a window smaller than a
-            # batch would stall the pool during every model call. Bounded: memory stays flat.
-            max_in_flight=2 * opts.batch_size,
+            max_in_flight=window,
         )
-        for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar):
+        for batch in _batched_decoded(stream, opts.batch_size, report, state, store, target, bar,
+                                      small_first=overlap):
             points = _embed_batch(batch, embedder, opts, state, tagger, report, plan.bm25_keys)
             writer.add(points)
             bar.update(len(batch))
@@ -429,6 +433,25 @@ def run_ingest(
     return report
 
 
+def decode_window(device: str, batch_size: int, workers: int, overlap: bool | None = None) -> tuple[bool, int]:
+    """(overlap, max_in_flight): how far the decode pool may run ahead of the model.
+
+    A model on an accelerator leaves the CPU to the pool, so the pool decodes the next
+    batch while the model embeds this one (two batches in flight). A model on the CPU
+    shares the cores with the pool, and running both at once only makes them fight: the
+    model's intra-op threads wait at every operator for the one a decode thread has
+    preempted (bench/onnx_speed.py: ViT-B/32 ran ~40 % slower beside the pool, more than
+    the decoding it hid). So on the CPU the two take turns: the pool decodes a batch on
+    every core, a few images ahead to keep each worker busy, then the model runs alone.
+    """
+    if overlap is None:
+        overlap = device != "cpu"
+    if overlap:
+        return True, 2 * batch_size
+    n_workers = workers or os.cpu_count() or 1
+    return False, 2 * n_workers
+
+
 def _batched_decoded(
     stream: Iterator[DecodedImage | SkippedFile],
     size: int,
@@ -437,11 +460,13 @@ def _batched_decoded(
     store: Store,
     collection: str,
     bar: tqdm,
+    *,
+    small_first: bool = True,
 ) -> Iterator[list[DecodedImage]]:
     batch: list[DecodedImage] = []
-    # A small first batch starts the model while the pool fills up, instead of idling
-    # through a whole batch of decodes.
-    target = max(1, size // 4)
+    # Overlapped, a small first batch starts the model while the pool fills up, instead of
+    # idling through a whole batch of decodes; taking turns, it would only be a slow call.
+    target = max(1, size // 4) if small_first else size
     for result in stream:
         if isinstance(result, SkippedFile):
             report.failed.append(result)

@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,3 +284,72 @@ def test_decode_plan_picks_processes_only_where_they_can_run(tiny_embedder):
         decode_plan("process", plain)
     with pytest.raises(ValueError, match="decode_executor must be auto, thread or process, got 'fork'"):
         decode_plan("fork", tiny_embedder)
+
+
+class _ScheduleProbe:
+    """A real embedder on a pretend device; records how far decoding ran ahead at the end of each model call."""
+
+    def __init__(self, inner: Any, device: str, model_seconds: float = 0.2) -> None:
+        self.inner, self.info, self.device = inner, inner.info, device
+        self.model_seconds = model_seconds
+        self.batches: list[int] = []
+        self.ahead: list[int] = []  # images decoded (or decoding) beyond those handed to the model so far
+        self._decoded = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        with self._lock:
+            self._decoded += 1
+        return self.inner.preprocess(image)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.batches.append(len(pixels))
+        time.sleep(self.model_seconds)  # long enough for the pool to show what it does meanwhile
+        with self._lock:
+            self.ahead.append(self._decoded - sum(self.batches))
+        return self.inner.embed_pixels(pixels)
+
+
+def _many_small_images(root: Path, n: int) -> Path:
+    root.mkdir()
+    for i in range(n):
+        Image.new("RGB", (24 + i, 20), (i * 9 % 256, 80, 160)).save(root / f"{i:02d}.png")
+    return root
+
+
+def test_on_the_cpu_decoding_and_the_model_take_turns(tmp_path: Path, tiny_embedder) -> None:
+    corpus = _many_small_images(tmp_path / "corpus", 16)
+    opts = IngestOptions(batch_size=4, workers=2, decode_executor="thread")
+    probe = _ScheduleProbe(tiny_embedder, "cpu")
+    store = EdgeStore(tmp_path / "home-cpu")
+    report = run_ingest(store, probe, root=corpus, collection="c", options=opts, progress=False)
+    assert report.indexed == 16 and store.count("c") == 16
+    assert probe.batches == [4, 4, 4, 4]  # full batches from the start: no small first call
+    # at most the few images already in flight (2 per worker) decode while the model runs
+    assert max(probe.ahead) <= 4
+    store.close()
+
+
+def test_on_an_accelerator_the_pool_decodes_the_next_batch_meanwhile(tmp_path: Path, tiny_embedder) -> None:
+    corpus = _many_small_images(tmp_path / "corpus", 16)
+    opts = IngestOptions(batch_size=4, workers=2, decode_executor="thread")
+    probe = _ScheduleProbe(tiny_embedder, "cuda")
+    store = EdgeStore(tmp_path / "home-gpu")
+    report = run_ingest(store, probe, root=corpus, collection="c", options=opts, progress=False)
+    assert report.indexed == 16 and store.count("c") == 16
+    assert probe.batches[0] == 1  # a small first batch starts the model while the pool fills up
+    assert sum(probe.batches) == 16
+    assert max(probe.ahead) > 4  # up to two batches decode during the model's turn
+    store.close()
+
+
+def test_decode_window_rule() -> None:
+    from mmrag.ingest.run import decode_window
+
+    assert decode_window("cpu", 32, 2) == (False, 4)
+    assert decode_window("cuda:0", 32, 2) == (True, 64)
+    assert decode_window("cpu", 32, 2, overlap=True) == (True, 64)
+    assert decode_window("cuda", 32, 3, overlap=False) == (False, 6)
