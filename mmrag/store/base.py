@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from mmrag.store.points import Hit, StoredPoint
+from mmrag.store.points import Hit, PointToWrite, StoredPoint
 from mmrag.store.schema import CollectionSpec, PayloadSchema
 
 if TYPE_CHECKING:  # filters and points to write are qdrant-client models; results are our own (points.py)
@@ -71,7 +71,7 @@ class Store(Protocol):
         """Alias target if `name` is an alias, else `name` itself."""
 
     # --- points ---------------------------------------------------------------
-    def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
+    def upsert(self, name: str, points: Sequence[PointToWrite | models.PointStruct]) -> None:
         """Insert or replace whole points (all vectors + payload); durable when it returns."""
     def delete_points(self, name: str, ids: Sequence[str]) -> None: ...
     def set_payload(self, name: str, payload: Mapping[str, Any], ids: Sequence[str]) -> None: ...

@@ -12,7 +12,7 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
-from mmrag.store.points import Hit, StoredPoint, hit, stored_point
+from mmrag.store.points import Hit, PointToWrite, SparseText, StoredPoint, hit, stored_point
 from mmrag.store.schema import (
     BM25_MODEL,
     BM25_OPTIONS,
@@ -31,6 +31,10 @@ try:
     from qdrant_client.local.qdrant_local import QdrantLocal
 except ImportError:  # pragma: no cover - layout of other qdrant-client versions
     QdrantLocal = None  # type: ignore[assignment,misc]
+
+
+def _document(value: SparseText | models.Document) -> models.Document:
+    return value if isinstance(value, models.Document) else models.Document(text=value.text, model=value.model)
 
 
 def _is_local(client: QdrantClient) -> bool:
@@ -160,18 +164,24 @@ class QdrantClientStore(ThreadedAsyncMixin):
             return models.SparseVector(indices=list(vec.indices), values=list(vec.values))
         return models.Document(text=bm25_input(text), model=BM25_MODEL, options=dict(BM25_OPTIONS))
 
-    def _point_in(self, point: models.PointStruct) -> models.PointStruct:
+    def _point_in(self, point: PointToWrite | models.PointStruct) -> models.PointStruct:
         vector = point.vector
-        if not isinstance(vector, dict) or not any(isinstance(v, models.Document) for v in vector.values()):
+        if isinstance(point, models.PointStruct) and (
+            not isinstance(vector, dict) or not any(isinstance(v, models.Document) for v in vector.values())
+        ):
             return point
-        vectors = {k: self._sparse_in(v) if isinstance(v, models.Document) else v for k, v in vector.items()}
+        if not isinstance(vector, dict):
+            raise ValueError(f"point {point.id!r}: mmrag collections use named vectors; pass a dict, "
+                             f"got {type(vector).__name__}")
+        vectors = {k: self._sparse_in(_document(v)) if isinstance(v, (SparseText, models.Document)) else v
+                   for k, v in vector.items()}
         return models.PointStruct(id=point.id, vector=vectors, payload=point.payload)
 
     def _has_sparse(self, name: str) -> bool:
         info = self.client.get_collection(self.resolve(name))
         return bool(info.config.params.sparse_vectors and SPARSE_VECTOR in info.config.params.sparse_vectors)
 
-    def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
+    def upsert(self, name: str, points: Sequence[PointToWrite | models.PointStruct]) -> None:
         if points:
             self.client.upsert(name, points=[self._point_in(p) for p in points], wait=True)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrag.store.qdrant_models import models
+from mmrag.store.points import PointToWrite, SparseText
 from mmrag.store.schema import BM25_MODEL, IMAGE_VECTOR, PAYLOAD_FIELDS, SPARSE_VECTOR, TEXT_VECTOR
 from mmrag.values import rfc3339
 
@@ -218,11 +218,11 @@ def build_point(
     *,
     dim: int | None = None,
     sparse_text: str | None = None,
-) -> models.PointStruct:
+) -> PointToWrite:
     """A point with named vectors {"image": ..., "text": ...} ("text" only when given).
 
-    `sparse_text` becomes the "bm25" vector as a `models.Document`: the store has the
-    engine compute BM25 from it (qdrant-edge's Bm25, or a server's inference).
+    `sparse_text` becomes the "bm25" vector as a `SparseText`: the store has the engine
+    compute BM25 from it (qdrant-edge's Bm25, or a server's inference).
 
     Vectors must be 1-D, finite, of equal length (and of length `dim` when given).
     A payload "path" that disagrees with `rel_path` is refused: it would orphan the id.
@@ -239,5 +239,5 @@ def build_point(
             raise ValueError(f"{name} vector of {path!r} has {len(values)} dimensions, expected {expected}")
     named: dict[str, Any] = dict(vectors)
     if sparse_text is not None and sparse_text.strip():
-        named[SPARSE_VECTOR] = models.Document(text=sparse_text, model=BM25_MODEL)
-    return models.PointStruct(id=point_id(path), vector=named, payload=dict(payload))
+        named[SPARSE_VECTOR] = SparseText(text=sparse_text, model=BM25_MODEL)
+    return PointToWrite(id=point_id(path), vector=named, payload=dict(payload))

@@ -52,8 +52,8 @@ from mmrag.errors import LockHeldError, RunFailed, UsageError
 from mmrag.flock import describe_holder, process_holder, release, try_lock
 from mmrag.store.base import RRF_K, FusionMethod, MmrParams, ThreadedAsyncMixin, default_prefetch_limit, fusion_weights
 from mmrag.store.integrity import count_message, recorded_points
-from mmrag.store.points import Hit, StoredPoint
-from mmrag.store.qdrant_models import models
+from mmrag.store.points import Hit, PointToWrite, SparseText, StoredPoint
+from mmrag.store.qdrant_models import is_model, models
 from mmrag.store.schema import (
     BM25_MODEL,
     IMAGE_VECTOR,
@@ -386,13 +386,13 @@ def bm25() -> Any:
         return _BM25
 
 
-def _check_bm25(doc: models.Document) -> None:
+def _check_bm25(doc: SparseText | models.Document) -> None:
     if doc.model.lower() != BM25_MODEL.lower():
         raise ValueError(f"the embedded store computes only {BM25_MODEL!r} documents, got model {doc.model!r}")
 
 
-def bm25_document(doc: models.Document) -> Any:
-    """A `models.Document` to index -> the qdrant_edge sparse vector BM25 makes of it."""
+def bm25_document(doc: SparseText | models.Document) -> Any:
+    """A `SparseText` (or qdrant-client `Document`) to index -> the qdrant_edge sparse vector BM25 makes of it."""
     _check_bm25(doc)
     return bm25().embed_document(bm25_input(doc.text))
 
@@ -402,15 +402,15 @@ def bm25_query(text: str) -> Any:
 
 
 def _edge_vector(name: str, values: Any) -> Any:
-    if isinstance(values, models.Document):
+    if isinstance(values, SparseText) or is_model(values, "Document"):
         return bm25_document(values)
-    if isinstance(values, models.SparseVector):
+    if is_model(values, "SparseVector"):
         return qe.SparseVector(list(values.indices), list(values.values))
-    # PointStruct has already validated dense ones as lists of floats
+    # build_point (or PointStruct) has already made dense ones lists of floats
     return values if isinstance(values, list) else list(values)
 
 
-def _named_vectors(point: models.PointStruct) -> dict[str, Any]:
+def _named_vectors(point: PointToWrite | models.PointStruct) -> dict[str, Any]:
     vector = point.vector
     if not isinstance(vector, dict):
         raise ValueError(
@@ -419,8 +419,8 @@ def _named_vectors(point: models.PointStruct) -> dict[str, Any]:
     return {name: _edge_vector(name, values) for name, values in vector.items()}
 
 
-def to_edge_point(point: models.PointStruct) -> Any:
-    """PointStruct -> qdrant_edge.Point; a point may carry only some of the named vectors."""
+def to_edge_point(point: PointToWrite | models.PointStruct) -> Any:
+    """PointToWrite (or PointStruct) -> qdrant_edge.Point; a point may carry only some of the named vectors."""
     return qe.Point(_id_in(point.id), _named_vectors(point), dict(point.payload or {}))
 
 
@@ -905,7 +905,7 @@ class EdgeStore(ThreadedAsyncMixin):
         return self.get_aliases().get(name, name)
 
     # --- points --------------------------------------------------------------------
-    def upsert(self, name: str, points: Sequence[models.PointStruct]) -> None:
+    def upsert(self, name: str, points: Sequence[PointToWrite | models.PointStruct]) -> None:
         if not points:
             return
         shard = self._shard(name, write=True)

@@ -1,17 +1,36 @@
-"""What a store hands back: a stored point or a scored hit, as plain Python.
+"""The points a store takes and hands back, as plain Python.
 
-Both backends return these, so callers see one type whatever the engine. They carry the
-attribute names of qdrant-client's `Record` and `ScoredPoint` (id, payload, vector;
-score, version). Plain dataclasses because building qdrant-client's pydantic models
-means importing qdrant_client, about 1.2 s on a laptop: more than a whole ONNX query.
+What ingestion writes (`PointToWrite`, with `SparseText` for BM25) and what searches
+return (`StoredPoint`, `Hit`) carry the attribute names of qdrant-client's `PointStruct`,
+`Document`, `Record` and `ScoredPoint`, and both backends also take qdrant-client's own
+models. Plain dataclasses because building those pydantic models means importing
+qdrant_client, about 1.2 s on a laptop: more than a whole ONNX query, and a fifth of a
+small ingest. The embedded store never needs it; the client backend converts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PointId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class SparseText:
+    """Text for the engine to turn into a sparse vector with `model` (Qdrant's BM25)."""
+
+    text: str
+    model: str
+
+
+@dataclass(slots=True)
+class PointToWrite:
+    """A point for `Store.upsert`: named vectors (lists of floats, or a `SparseText`) and a payload."""
+
+    id: PointId
+    vector: dict[str, Any]
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

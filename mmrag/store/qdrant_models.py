@@ -8,6 +8,7 @@ filter object exists only once qdrant_client is imported, so converting one is f
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,4 +26,13 @@ else:
 
     models = _LazyModels()
 
-__all__ = ["models"]
+
+
+def is_model(value: Any, name: str) -> bool:
+    """isinstance(value, qdrant_client.models.<name>), without importing qdrant_client: a
+    value can only be one of its models once the caller has imported it."""
+    module = sys.modules.get("qdrant_client.http.models.models")
+    return module is not None and isinstance(value, getattr(module, name))
+
+
+__all__ = ["is_model", "models"]

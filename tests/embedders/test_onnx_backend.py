@@ -111,6 +111,13 @@ def test_ingest_records_runtime_and_refuses_int8_into_fp32(tiny_clip_dir: Path, 
     store.close()
 
 
+_INGEST = """
+import json, sys
+from mmrag.cli.main import main
+code = main(["ingest", sys.argv[1], "--json"])
+print(json.dumps({"code": code, "qdrant_client": "qdrant_client" in sys.modules}), file=sys.stderr)
+"""
+
 _SEARCH = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -133,10 +140,12 @@ def test_onnx_search_imports_neither_torch_nor_transformers(tiny_clip_dir: Path,
     corpus.mkdir()
     Image.new("RGB", (40, 30), (250, 0, 0)).save(corpus / "red.png")
     Image.new("RGB", (30, 40), (0, 0, 250)).save(corpus / "blue.png")
-    ingest = subprocess.run([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json"], env=env, cwd=tmp_path,
+    ingest = subprocess.run([sys.executable, "-c", _INGEST, str(corpus)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert ingest.returncode == 0, ingest.stderr
     assert json.loads(ingest.stdout)["indexed"] == 2
+    # the embedded store writes plain points (store/points.py): ingestion never imports qdrant-client either
+    assert json.loads(ingest.stderr.strip().splitlines()[-1]) == {"code": 0, "qdrant_client": False}
     proc = subprocess.run([sys.executable, "-c", _SEARCH], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
