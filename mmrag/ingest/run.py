@@ -440,9 +440,10 @@ def decode_window(device: str, batch_size: int, workers: int, overlap: bool | No
     batch while the model embeds this one (two batches in flight). A model on the CPU
     shares the cores with the pool, and running both at once only makes them fight: the
     model's intra-op threads wait at every operator for the one a decode thread has
-    preempted (bench/onnx_speed.py: ViT-B/32 ran ~40 % slower beside the pool, more than
-    the decoding it hid). So on the CPU the two take turns: the pool decodes a batch on
-    every core, a few images ahead to keep each worker busy, then the model runs alone.
+    preempted (bench/onnx_speed.py, ViT-B/32 on 2 cores: model calls 30-45 % slower beside
+    the pool, which cancels what the overlap hides). So on the CPU the two take turns: the
+    pool decodes a batch on every core, a few images ahead to keep each worker busy, then
+    the model runs alone, on full batches from the first call.
     """
     if overlap is None:
         overlap = device != "cpu"
