@@ -9,18 +9,13 @@ engine (qdrant-edge or a Qdrant server), in one query. The query path itself is
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
-from mmrag.embedders.base import Embedder
-from mmrag.retrieval.queries import Target
-from mmrag.retrieval.search import DEFAULT_DENSE_WEIGHT, DEFAULT_SPARSE_WEIGHT, CollectionSearch
-from mmrag.store.base import Store
+from mmrag.retrieval.search import CollectionSearch
 
 
 class MultimodalRetriever(CollectionSearch, BaseRetriever):
@@ -37,34 +32,7 @@ class MultimodalRetriever(CollectionSearch, BaseRetriever):
     better than what unrelated prompts score: "no match" instead of noise.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    # Typed as our protocols, not validated: any object with the methods will do (fakes in tests too).
-    store: SkipValidation[Store] = Field(description="a mmrag.store.Store")
-    embedder: SkipValidation[Embedder] = Field(description="a mmrag.embedders.Embedder")
-    collection: str = "mmrag"
-    k: int = 4
-    target: Target = "image"  # IMAGE_VECTOR
-    score_threshold: float | None = None
-    filter: dict[str, Any] | None = None
-    include_image: Literal["path", "data_uri"] | None = None
-    corpus_root: Path | None = None
-    exact: bool = True
-    hnsw_ef: int | None = None
-    query_type: Literal["auto", "text", "image"] = "auto"
-    fusion: Literal["rrf", "dbsf"] = "rrf"
-    sparse_weight: float = DEFAULT_SPARSE_WEIGHT
-    dense_weight: float = DEFAULT_DENSE_WEIGHT
-    mmr: bool = False
-    mmr_lambda: float = 0.5
-    mmr_candidates: int = 50
-    min_relevance: float | None = None
-    # JPEG draft size for image queries; None: the one the collection was ingested with.
-    draft_size: int | None = None
-
-    _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
-    _checked: set[str] = PrivateAttr(default_factory=set)
-    _draft_cache: dict[str, int | None] = PrivateAttr(default_factory=dict)
+    # The fields (store, embedder, collection, k, target, ...) are CollectionSearch's.
 
     # --- BaseRetriever hooks ----------------------------------------------------------------
     def _get_relevant_documents(

@@ -1,8 +1,8 @@
 """The search behind `MultimodalRetriever`, without LangChain's retriever machinery.
 
-`CollectionSearch` holds the query path (embed, filter, one engine query, Documents); the
-retriever mixes it into LangChain's `BaseRetriever`, and `CollectionSearcher` is the same
-path as a plain dataclass for callers that need no Runnable (the CLI: importing
+`CollectionSearch` holds the query path (embed, filter, one engine query, Documents) and
+its fields; the retriever mixes it into LangChain's `BaseRetriever`, and the CLI uses it
+alone as `CollectionSearcher`, since it needs no Runnable (importing
 `langchain_core.retrievers` pulls in langsmith and its tracers, about 0.4 s of a cold
 `mmrag search`).
 """
@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from langchain_core.documents import Document
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SkipValidation
 
+from mmrag.embedders.base import Embedder
 from mmrag.retrieval.calibration import relevance_threshold
 from mmrag.retrieval.documents import document_from_point
 from mmrag.retrieval.queries import TARGETS, Query, Target, is_image_query, load_query_image
-from mmrag.store.base import MmrParams
+from mmrag.store.base import MmrParams, Store
 from mmrag.store.filters import filter_from_dict, merge_filters
 from mmrag.store.schema import DRAFT_SIZE_KEY, IMAGE_VECTOR, SPARSE_VECTOR, TEXT_VECTOR, check_model
 
@@ -38,33 +39,41 @@ _FUSED = ("fused", "hybrid")
 
 
 
-class CollectionSearch:
-    """Top-k hits from an mmrag collection as Documents; the subclass supplies the fields
-    (see `CollectionSearcher`) and the caches `_root_cache`, `_checked`, `_draft_cache`."""
+class CollectionSearch(BaseModel):
+    """Top-k hits from an mmrag collection as Documents.
 
-    store: Any
-    embedder: Any
-    collection: str
-    k: int
-    target: Target
-    score_threshold: float | None
-    filter: dict[str, Any] | None
-    include_image: Literal["path", "data_uri"] | None
-    corpus_root: Path | None
-    exact: bool
-    hnsw_ef: int | None
-    query_type: Literal["auto", "text", "image"]
-    fusion: Literal["rrf", "dbsf"]
-    sparse_weight: float
-    dense_weight: float
-    mmr: bool
-    mmr_lambda: float
-    mmr_candidates: int
-    min_relevance: float | None
-    draft_size: int | None
-    _root_cache: dict[str, Path | None]
-    _checked: set[str]
-    _draft_cache: dict[str, int | None]
+    The fields are declared here once: `MultimodalRetriever` mixes this model into
+    LangChain's `BaseRetriever`, and the CLI uses it as it is (`CollectionSearcher`).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    # Typed as our protocols, not validated: any object with the methods will do (fakes in tests too).
+    store: SkipValidation[Store] = Field(description="a mmrag.store.Store")
+    embedder: SkipValidation[Embedder] = Field(description="a mmrag.embedders.Embedder")
+    collection: str = "mmrag"
+    k: int = 4
+    target: Target = "image"  # IMAGE_VECTOR
+    score_threshold: float | None = None
+    filter: dict[str, Any] | None = None
+    include_image: Literal["path", "data_uri"] | None = None
+    corpus_root: Path | None = None
+    exact: bool = True
+    hnsw_ef: int | None = None
+    query_type: Literal["auto", "text", "image"] = "auto"
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    sparse_weight: float = DEFAULT_SPARSE_WEIGHT
+    dense_weight: float = DEFAULT_DENSE_WEIGHT
+    mmr: bool = False
+    mmr_lambda: float = 0.5
+    mmr_candidates: int = 50
+    min_relevance: float | None = None
+    # JPEG draft size for image queries; None: the one the collection was ingested with.
+    draft_size: int | None = None
+
+    _root_cache: dict[str, Path | None] = PrivateAttr(default_factory=dict)
+    _checked: set[str] = PrivateAttr(default_factory=set)
+    _draft_cache: dict[str, int | None] = PrivateAttr(default_factory=dict)
 
     # --- query embedding --------------------------------------------------------------
     def embed_query(self, query: Query, query_type: str | None = None, *, draft_size: int | None = None) -> np.ndarray:
@@ -218,30 +227,5 @@ class CollectionSearch:
         return await asyncio.to_thread(self._documents, points, args, collection)
 
 
-@dataclass
-class CollectionSearcher(CollectionSearch):
-    """`MultimodalRetriever`'s search as a plain object: same fields, same defaults, same results."""
-
-    store: Any
-    embedder: Any
-    collection: str = "mmrag"
-    k: int = 4
-    target: Target = "image"
-    score_threshold: float | None = None
-    filter: dict[str, Any] | None = None
-    include_image: Literal["path", "data_uri"] | None = None
-    corpus_root: Path | None = None
-    exact: bool = True
-    hnsw_ef: int | None = None
-    query_type: Literal["auto", "text", "image"] = "auto"
-    fusion: Literal["rrf", "dbsf"] = "rrf"
-    sparse_weight: float = DEFAULT_SPARSE_WEIGHT
-    dense_weight: float = DEFAULT_DENSE_WEIGHT
-    mmr: bool = False
-    mmr_lambda: float = 0.5
-    mmr_candidates: int = 50
-    min_relevance: float | None = None
-    draft_size: int | None = None
-    _root_cache: dict[str, Path | None] = field(default_factory=dict, repr=False)
-    _checked: set[str] = field(default_factory=set, repr=False)
-    _draft_cache: dict[str, int | None] = field(default_factory=dict, repr=False)
+# The CLI's name for it: the search without LangChain's retriever machinery.
+CollectionSearcher = CollectionSearch
