@@ -5,8 +5,7 @@ Names load on first use, so `import mmrag.jobs.lock` stays light (no qdrant-clie
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from mmrag.lazy import lazy_exports
 
 _EXPORTS = {
     "CollectionLock": "mmrag.jobs.lock",
@@ -30,10 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmrag.jobs' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

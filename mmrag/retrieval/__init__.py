@@ -8,8 +8,7 @@ does not pay for LangChain's retriever and embeddings modules.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from mmrag.lazy import lazy_exports
 
 _EXPORTS = {
     "CollectionSearcher": "mmrag.retrieval.search",
@@ -28,9 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

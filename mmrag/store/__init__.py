@@ -6,8 +6,7 @@ qdrant_client (about 1.2 s), which only the client backend and the filter builde
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from mmrag.lazy import lazy_exports
 
 _EXPORTS = {
     "BOOLEAN_FILTER_MESSAGE": "mmrag.store.edge",
@@ -36,9 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -320,30 +320,30 @@ def _many_small_images(root: Path, n: int) -> Path:
     return root
 
 
-def test_on_the_cpu_decoding_and_the_model_take_turns(tmp_path: Path, tiny_embedder) -> None:
+def _ingest_on(device: str, tmp_path: Path, embedder: Any) -> _ScheduleProbe:
+    """16 small images, batch 4, two decode threads, with the model on `device`; all 16 indexed."""
     corpus = _many_small_images(tmp_path / "corpus", 16)
     opts = IngestOptions(batch_size=4, workers=2, decode_executor="thread")
-    probe = _ScheduleProbe(tiny_embedder, "cpu")
-    store = EdgeStore(tmp_path / "home-cpu")
+    probe = _ScheduleProbe(embedder, device)
+    store = EdgeStore(tmp_path / "home")
     report = run_ingest(store, probe, root=corpus, collection="c", options=opts, progress=False)
     assert report.indexed == 16 and store.count("c") == 16
+    store.close()
+    return probe
+
+
+def test_on_the_cpu_decoding_and_the_model_take_turns(tmp_path: Path, tiny_embedder) -> None:
+    probe = _ingest_on("cpu", tmp_path, tiny_embedder)
     assert probe.batches == [4, 4, 4, 4]  # full batches from the start: no small first call
     # at most the few images already in flight (2 per worker) decode while the model runs
     assert max(probe.ahead) <= 4
-    store.close()
 
 
 def test_on_an_accelerator_the_pool_decodes_the_next_batch_meanwhile(tmp_path: Path, tiny_embedder) -> None:
-    corpus = _many_small_images(tmp_path / "corpus", 16)
-    opts = IngestOptions(batch_size=4, workers=2, decode_executor="thread")
-    probe = _ScheduleProbe(tiny_embedder, "cuda")
-    store = EdgeStore(tmp_path / "home-gpu")
-    report = run_ingest(store, probe, root=corpus, collection="c", options=opts, progress=False)
-    assert report.indexed == 16 and store.count("c") == 16
+    probe = _ingest_on("cuda", tmp_path, tiny_embedder)
     assert probe.batches[0] == 1  # a small first batch starts the model while the pool fills up
     assert sum(probe.batches) == 16
     assert max(probe.ahead) > 4  # up to two batches decode during the model's turn
-    store.close()
 
 
 def test_decode_window_rule() -> None:
