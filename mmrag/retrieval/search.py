@@ -38,7 +38,6 @@ DEFAULT_DENSE_WEIGHT = 0.5
 _FUSED = ("fused", "hybrid")
 
 
-
 class CollectionSearch(BaseModel):
     """Top-k hits from an mmrag collection as Documents.
 

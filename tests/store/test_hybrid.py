@@ -108,6 +108,28 @@ def test_points_store_the_engine_bm25_vector(hstore: Store, hybrid_data) -> None
     assert hstore.get_spec("h").sparse_fields == ("caption",)
 
 
+def test_a_qdrant_client_point_and_a_plain_point_store_the_same(hstore: Store, hybrid_data) -> None:
+    """Both backends take qdrant-client's PointStruct + Document as well as our PointToWrite + SparseText."""
+    plain = build_point("extra/plain.jpg", hybrid_data["image"][0], None, {"path": "extra/plain.jpg"},
+                        sparse_text="violin harbour QX-4821")
+    client = models.PointStruct(
+        id=str(build_point("extra/client.jpg", hybrid_data["image"][0], None, {}).id),
+        vector={IMAGE_VECTOR: list(plain.vector[IMAGE_VECTOR]),
+                SPARSE_VECTOR: models.Document(text="violin harbour QX-4821", model="Qdrant/bm25")},
+        payload={"path": "extra/client.jpg"})
+    hstore.upsert("h", [plain, client])
+    try:
+        got = hstore.retrieve("h", [str(plain.id), str(client.id)], with_vectors=True)
+        assert [r.payload["path"] for r in got] == ["extra/plain.jpg", "extra/client.jpg"]
+        a, b = (r.vector for r in got)
+        assert a[IMAGE_VECTOR] == pytest.approx(b[IMAGE_VECTOR])
+        assert dict(zip(a[SPARSE_VECTOR].indices, a[SPARSE_VECTOR].values)) == pytest.approx(
+            dict(zip(b[SPARSE_VECTOR].indices, b[SPARSE_VECTOR].values)))
+    finally:
+        hstore.delete_points("h", [str(plain.id), str(client.id)])
+    assert hstore.count("h") == N
+
+
 @pytest.mark.parametrize("with_filter", [False, True])
 def test_hybrid_is_weighted_rrf_of_dense_and_bm25_rankings(hstore: Store, hybrid_data, with_filter: bool) -> None:
     rng = np.random.default_rng(5)
