@@ -102,3 +102,35 @@ class BatchedImages:
             chunk = images[start : start + self.batch_size]
             out.append(self.embed_pixels(np.stack([self.preprocess(im) for im in chunk])))
         return np.concatenate(out, axis=0)
+
+
+class BatchedTexts:
+    """`embed_texts` for a backend that has `_token_lengths`, `_embed_text_batch`, `text_batch_size`
+    and `info`: texts of similar token length are batched together, so that each batch pads to
+    its own longest text and a few long captions no longer pad every batch."""
+
+    info: ModelInfo
+    text_batch_size: int
+
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's token count after truncation to the model's limit."""
+        raise NotImplementedError
+
+    def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
+        """Unit-length float32 rows for one batch, padded to its longest text."""
+        raise NotImplementedError
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a sequence of strings, not a single string")
+        if len(texts) == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        order = list(range(len(texts)))
+        if len(texts) > self.text_batch_size:
+            lengths = self._token_lengths(list(texts))
+            order.sort(key=lambda i: lengths[i])
+        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.text_batch_size):
+            idx = order[start : start + self.text_batch_size]
+            out[idx] = self._embed_text_batch([texts[i] for i in idx])
+        return out

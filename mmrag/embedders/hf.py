@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, backend_from_config, language_of
-from mmrag.embedders.base import BatchedImages, ModelInfo
+from mmrag.embedders.base import BatchedImages, BatchedTexts, ModelInfo
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
 from mmrag.embedders.tuning import is_out_of_memory, release_cached_memory
@@ -81,7 +81,7 @@ def _backend_of(source: str) -> str:
     return backend_from_config(config.to_dict(), source)
 
 
-class HFClipEmbedder(BatchedImages):
+class HFClipEmbedder(BatchedImages, BatchedTexts):
     """`Embedder` over a transformers CLIP / Chinese-CLIP checkpoint (hub id or directory)."""
 
     def __init__(
@@ -222,24 +222,12 @@ class HFClipEmbedder(BatchedImages):
         keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._uses_token_types else [])
         return {k: enc[k].to(self.device) for k in keys if k in enc}
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("embed_texts takes a sequence of strings, not a single string")
-        if len(texts) == 0:
-            return np.zeros((0, self.info.dim), dtype=np.float32)
-        order = list(range(len(texts)))
-        if len(texts) > self.text_batch_size:
-            # Batch texts of similar token length together: each batch pads to its own
-            # longest text, so a few long captions no longer pad every batch.
-            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_text_length)["input_ids"]
-            order.sort(key=lambda i: len(ids[i]))
-        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_text_length)["input_ids"]]
+
+    def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            for start in range(0, len(texts), self.text_batch_size):
-                idx = order[start : start + self.text_batch_size]
-                enc = self.tokenize([texts[i] for i in idx])
-                out[idx] = l2_normalize(projected_features(self.model.get_text_features(**enc)))
-        return out
+            return l2_normalize(projected_features(self.model.get_text_features(**self.tokenize(texts))))
 
     def __repr__(self) -> str:
         return f"HFClipEmbedder({self.info.model_id!r}, device={self.device!r}, dim={self.info.dim})"

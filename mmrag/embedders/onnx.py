@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders.base import BackendUnavailable, BatchedImages, ModelInfo
+from mmrag.embedders.base import BackendUnavailable, BatchedImages, BatchedTexts, ModelInfo
 from mmrag.embedders.transform import ClipTransform
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class OnnxClipEmbedder(BatchedImages):
+class OnnxClipEmbedder(BatchedImages, BatchedTexts):
     """`Embedder` over an export from `export_model`, run by ONNX Runtime."""
 
     def __init__(
@@ -453,22 +453,11 @@ class OnnxClipEmbedder(BatchedImages):
             arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
         return {k: arrays[k] for k in self._text_inputs}
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("embed_texts takes a sequence of strings, not a single string")
-        if len(texts) == 0:
-            return np.zeros((0, self.info.dim), dtype=np.float32)
-        order = list(range(len(texts)))
-        if len(texts) > self.text_batch_size:
-            # similar lengths together: each batch pads to its own longest text
-            lengths = [len(e.ids) for e in self._length_tokenizer.encode_batch(list(texts))]
-            order.sort(key=lambda i: lengths[i])
-        sess = self.session(_TEXT)
-        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.text_batch_size):
-            idx = order[start : start + self.text_batch_size]
-            out[idx] = _l2_normalize(sess.run(None, self.tokenize([texts[i] for i in idx]))[0])
-        return out
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._length_tokenizer.encode_batch(texts)]
+
+    def _embed_text_batch(self, texts: list[str]) -> np.ndarray:
+        return _l2_normalize(self.session(_TEXT).run(None, self.tokenize(texts))[0])
 
     def __repr__(self) -> str:
         q = ", int8" if self.quantize else ""
