@@ -48,23 +48,7 @@ def read_manifest(
     `allow_outside_root` (MMRAG_ALLOW_OUTSIDE_ROOT).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in MANIFEST_SUFFIXES:
-        raise ValueError(
-            f"unsupported manifest format {path.name!r}: expected one of {', '.join(MANIFEST_SUFFIXES)}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    root = Path(root) if root is not None else path.parent
-    root = Path(os.path.normpath(root.absolute()))
-
-    if suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(path)
-    elif suffix == ".csv":
-        rows = _csv_rows(path)
-    else:
-        rows = _parquet_rows(path, batch_size)
-
+    root, rows = _open_rows(path, root, PATH_COLUMN, batch_size)
     first_seen: dict[str, str] = {}  # rel_path -> where it was first listed
     for where, row in rows:
         if isinstance(row, SkippedFile):
@@ -100,20 +84,7 @@ def read_pairs(
     be read raises ValueError naming it, since a silently shorter set changes the metrics.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in MANIFEST_SUFFIXES:
-        raise ValueError(
-            f"unsupported manifest format {path.name!r}: expected one of {', '.join(MANIFEST_SUFFIXES)}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    base = Path(os.path.normpath(Path(root if root is not None else path.parent).absolute()))
-    if suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(path, path_column)
-    elif suffix == ".csv":
-        rows = _csv_rows(path, path_column)
-    else:
-        rows = _parquet_rows(path, 4096, path_column)
+    base, rows = _open_rows(path, root, path_column, 4096)
     pairs: list[tuple[Path, str]] = []
     for where, row in rows:
         if isinstance(row, SkippedFile):
@@ -130,6 +101,25 @@ def read_pairs(
             if text is not None:
                 pairs.append((resolved, text))
     return pairs
+
+
+def _open_rows(
+    path: Path, root: Path | str | None, path_column: str, batch_size: int
+) -> tuple[Path, Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]]:
+    """(the folder relative paths resolve against, the rows) of a manifest of any supported format."""
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(
+            f"unsupported manifest format {path.name!r}: expected one of {', '.join(MANIFEST_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    base = Path(os.path.normpath(Path(root if root is not None else path.parent).absolute()))
+    if suffix in (".jsonl", ".ndjson"):
+        return base, _jsonl_rows(path, path_column)
+    if suffix == ".csv":
+        return base, _csv_rows(path, path_column)
+    return base, _parquet_rows(path, batch_size, path_column)
 
 
 def _jsonl_rows(path: Path, path_column: str = PATH_COLUMN) -> Iterator[tuple[str, Mapping[str, Any] | SkippedFile]]:
