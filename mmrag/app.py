@@ -49,14 +49,10 @@ def quiet_model_loading() -> None:
 def check_reachable(url: str, *, timeout: float = 3.0) -> None:
     """One TCP connect to a Qdrant URL: a closed port fails in milliseconds, naming the URL,
     instead of after the client's own timeouts and our retries (17 s and no URL before)."""
-    import socket
-    from urllib.parse import urlsplit
+    from mmrag.net import tcp_connect
 
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 6333)
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        tcp_connect(url, default_port=6333, timeout=timeout)
     except OSError as exc:
         raise RunFailed(
             f"cannot reach Qdrant at {url} ({exc.strerror or exc}). Start the server, fix QDRANT_URL, "

@@ -232,12 +232,10 @@ def ensure_hub_model_reachable(spec: ModelSpec, *, timeout: float = 3.0) -> None
     Without this the hub client retries for about a minute and ends with a raw OSError.
     A cached model (its config.json in the HF cache) is left to from_pretrained.
     """
-    import socket
-    from urllib.parse import urlsplit
-
     from huggingface_hub import constants
 
     from mmrag.errors import RunFailed
+    from mmrag.net import tcp_connect
 
     if _cached_hub_config(spec.source) is not None:
         return
@@ -246,10 +244,8 @@ def ensure_hub_model_reachable(spec: ModelSpec, *, timeout: float = 3.0) -> None
             f"model {spec.model_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, "
             f"so it cannot be downloaded. {_offline_fix(spec)}"
         )
-    url = urlsplit(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        tcp_connect(constants.ENDPOINT, default_port=80, default_host="huggingface.co", timeout=timeout)
     except OSError as exc:
         raise RunFailed(
             f"cannot download model {spec.model_id!r}: {constants.ENDPOINT} is unreachable "
