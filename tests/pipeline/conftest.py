@@ -63,6 +63,18 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus")
 
 
+@pytest.fixture
+def env(monkeypatch, tmp_path: Path, tiny_clip_dir: Path, corpus: Path) -> dict[str, Path]:
+    """The CLI's environment for one test: its own MMRAG_HOME, the tiny model, no server, no stray .env."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MMRAG_HOME", str(home))
+    monkeypatch.setenv("MMRAG_MODEL", str(tiny_clip_dir))
+    monkeypatch.setenv("MMRAG_WORKERS", "1")
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {"home": home, "corpus": corpus, "model": tiny_clip_dir, "tmp": tmp_path}
+
+
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_clip_dir: Path):
     return load_embedder(str(tiny_clip_dir), device="cpu")

@@ -13,17 +13,6 @@ from mmrag.store.convert import point_id
 from pipeline.conftest import BAD_FILES, GOOD_IMAGES, expected_caption
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path, tiny_clip_dir, corpus):
-    home = tmp_path / "home"
-    monkeypatch.setenv("MMRAG_HOME", str(home))
-    monkeypatch.setenv("MMRAG_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("MMRAG_WORKERS", "1")
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return {"home": home, "corpus": corpus, "model": tiny_clip_dir}
-
-
 def run_json(capsys, *argv) -> tuple[int, object]:
     code = main([*argv, "--json"])
     out = capsys.readouterr().out

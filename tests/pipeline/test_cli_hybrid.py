@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from mmrag.cli import main
 from pipeline.conftest import GOOD_IMAGES
-from pipeline.test_cli import env, run_json  # noqa: F401  (fixture)
+from pipeline.test_cli import run_json
 
 
-def test_hybrid_facets_and_calibration_from_the_command_line(env, capsys):  # noqa: F811
+def test_hybrid_facets_and_calibration_from_the_command_line(env, capsys):
     assert main(["ingest", str(env["corpus"]), "-c", "photos", "--quiet"]) == 0
     capsys.readouterr()
     # a caption keyword finds its image first, whatever the random model's dense vectors say

@@ -13,16 +13,6 @@ from mmrag.cli import main
 from pipeline.conftest import GOOD_IMAGES
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path, tiny_clip_dir, corpus):
-    monkeypatch.setenv("MMRAG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MMRAG_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("MMRAG_WORKERS", "1")
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return {"corpus": corpus, "tmp": tmp_path}
-
-
 def run_json(capsys, *argv):
     code = main([*argv, "--json"])
     captured = capsys.readouterr()

@@ -19,17 +19,6 @@ from mmrag.store import EdgeStore
 from mmrag.testing.tiny_models import make_tiny_clip
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path, tiny_clip_dir, corpus):
-    home = tmp_path / "home"
-    monkeypatch.setenv("MMRAG_HOME", str(home))
-    monkeypatch.setenv("MMRAG_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("MMRAG_WORKERS", "1")
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return {"home": home, "corpus": corpus, "model": tiny_clip_dir}
-
-
 @pytest.fixture(scope="session")
 def other_tiny_clip(tmp_path_factory):
     """A second tiny CLIP of the SAME size but other weights: its vectors are another space."""
