@@ -314,6 +314,12 @@ def make_clip_dir(cache_dir: Path, arch: str, *, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- subprocess phases
 
 
+def write_json(data: Any, path: Path) -> None:
+    """A bench report as indented UTF-8 JSON at `path` (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
 def run_phase(module: str, phase: str, params: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
     """Run `python -m module --phase NAME --phase-args JSON` in a fresh process.
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
+
 N_GALLERY = 500
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             results["latency"].append(res)
             print(json.dumps(res), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(results, args.json)
     return 0
 
 

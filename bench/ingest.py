@@ -47,6 +47,7 @@ from bench.common import (
     rate,
     run_phase,
     timed,
+    write_json,
 )
 
 MODULE = "bench.ingest"
@@ -887,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     results["config"]["note"] = f"total benchmark time {results['config']['elapsed_s']:.0f} s"
     print(render(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(results, args.json)
     return 0
 
 

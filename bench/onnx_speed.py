@@ -34,7 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import default_cache_dir, list_images, make_clip_dir, make_mixed_corpus, make_photo_corpus, run_phase
+from bench.common import (
+    default_cache_dir,
+    list_images,
+    make_clip_dir,
+    make_mixed_corpus,
+    make_photo_corpus,
+    run_phase,
+    write_json,
+)
 
 VARIANTS = {"torch": ("torch", None), "onnx": ("onnx", None), "onnx-int8": ("onnx", "int8")}
 
@@ -336,11 +344,9 @@ def _cpu_model() -> str:
 
 
 def _write(result: dict[str, Any], path: Path | None) -> None:
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_json(result, path)
 
 
 if __name__ == "__main__":

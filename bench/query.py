@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import default_cache_dir, make_clip_dir, mixed_captions, peak_rss_mb
+from bench.common import default_cache_dir, make_clip_dir, mixed_captions, peak_rss_mb, write_json
 
 K = 10
 COLLECTION = "bench"
@@ -676,8 +676,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = run(args)
     print(format_table(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_json(report, args.json)
         log(f"wrote {args.json}")
     return report
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPO_ROOT, default_cache_dir
+from bench.common import REPO_ROOT, default_cache_dir, write_json
 from bench.query import COLLECTION, SyntheticCorpus, fill_store
 
 MODEL = "mmrag-shapes-en"
@@ -372,8 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = run(args)
     print(format_table(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(report, args.json)
         log(f"wrote {args.json}")
     return report
 

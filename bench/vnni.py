@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_json
+
 M, K, N = 32 * 50, 768, 3072
 ISAS = ("AVX512_CORE_VNNI", "AVX512_CORE", "AVX2")
 
@@ -130,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":
