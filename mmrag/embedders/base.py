@@ -81,6 +81,14 @@ class Embedder(Protocol):
         """(N, dim) float32, unit norm. Padded to the longest text in each batch."""
 
 
+def pixel_batch(pixels: Any) -> np.ndarray:
+    """Preprocessed images as one float32 (N, C, H, W) array; ValueError naming any other shape."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) pixels, got shape {pixels.shape}")
+    return pixels
+
+
 class BatchedImages:
     """`embed_images` for a backend that has `preprocess`, `embed_pixels`, `batch_size` and `info`:
     PIL images preprocessed and embedded one batch at a time (memory bounded by the batch)."""

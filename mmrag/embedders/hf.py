@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mmrag.embedders.backends import CHINESE_CLIP_TEXT_LENGTH, backend_from_config, language_of
-from mmrag.embedders.base import BatchedImages, BatchedTexts, ModelInfo
+from mmrag.embedders.base import BatchedImages, BatchedTexts, ModelInfo, pixel_batch
 from mmrag.embedders.device import pick_device
 from mmrag.embedders.transform import ClipTransform, ensure_rgb
 from mmrag.embedders.tuning import is_out_of_memory, release_cached_memory
@@ -179,9 +179,7 @@ class HFClipEmbedder(BatchedImages, BatchedTexts):
         return np.asarray(batch["pixel_values"][0], dtype=np.float32)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4:
-            raise ValueError(f"expected (N, C, H, W) pixels, got shape {pixels.shape}")
+        pixels = pixel_batch(pixels)
         if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         out = []

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmrag.embedders.base import BackendUnavailable, BatchedImages, BatchedTexts, ModelInfo
+from mmrag.embedders.base import BackendUnavailable, BatchedImages, BatchedTexts, ModelInfo, pixel_batch
 from mmrag.embedders.transform import ClipTransform
 
 log = logging.getLogger(__name__)
@@ -430,9 +430,7 @@ class OnnxClipEmbedder(BatchedImages, BatchedTexts):
         return self.transform(image)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4:
-            raise ValueError(f"expected (N, C, H, W) pixels, got shape {pixels.shape}")
+        pixels = pixel_batch(pixels)
         if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         sess = self.session(_VISION)
