@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 else:
 
     class _LazyModels:
-        def __getattr__(self, name: str) -> Any:
+        def __getattr__(self, name: str) -> Any:  # only for names not looked up before
             from qdrant_client import models as real
 
-            return getattr(real, name)
+            value = getattr(real, name)
+            setattr(self, name, value)  # a filter converted per query pays the import lookup once
+            return value
 
         def __repr__(self) -> str:
             return "<qdrant_client.models, imported on first use>"
