@@ -39,7 +39,7 @@ from mmrag.embedders.transform import ClipTransform
 log = logging.getLogger(__name__)
 
 # Bump when the exported graphs or the files beside them change: old caches are then ignored.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2  # 2: the vision graph computes the last layer for the class token only
 OPSET = 17
 LOCAL_CACHE_DIR = ".mmrag-onnx"
 # What ModelInfo.quantization records for ORT's dynamic int8. Not "int8": that value means the
@@ -193,6 +193,10 @@ def export_model(source: str | Path, out_dir: str | Path, *, backend: str) -> Pa
             def forward(self, pixel_values):
                 return projected_features(self.model.get_image_features(pixel_values=pixel_values))
 
+        vision, vision_graph = class_token_vision(model, image_size), "class-token-last-layer"
+        if vision is None:
+            vision, vision_graph = Vision(), "full"
+
         class Text(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
@@ -214,7 +218,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, backend: str) -> Pa
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python bools in transformers' code
             torch.onnx.export(
-                Vision(), (torch.zeros(2, 3, image_size, image_size),), str(tmp / f"{_VISION}.onnx"),
+                vision, (torch.zeros(2, 3, image_size, image_size),), str(tmp / f"{_VISION}.onnx"),
                 input_names=["pixel_values"], output_names=["embeds"],
                 dynamic_axes={"pixel_values": {0: "batch"}, "embeds": {0: "batch"}},
                 opset_version=OPSET, dynamo=False,
@@ -240,6 +244,8 @@ def export_model(source: str | Path, out_dir: str | Path, *, backend: str) -> Pa
             "backend": backend,
             "dim": int(config.projection_dim),
             "image_size": image_size,
+            "vision_graph": vision_graph,
+            "vision_tokens": (image_size // int(config.vision_config.patch_size)) ** 2 + 1,
             "logit_scale": float(model.logit_scale.detach().float().exp().item()),
             "max_text_length": max_len,
             "pad_id": int(tokenizer.pad_token_id),
@@ -255,6 +261,70 @@ def export_model(source: str | Path, out_dir: str | Path, *, backend: str) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def class_token_vision(model: Any, image_size: int, tolerance: float = 1e-5) -> Any:
+    """The vision tower with its last layer computed for the class token alone, or None.
+
+    A CLIP image embedding is the class token after the last layer, so that layer's
+    queries, attention output and MLP for the other tokens are thrown away; only its keys
+    and values need every token. Computing just the class token there saves about 1/12 of
+    a 12-layer ViT (bench/onnx_speed.py: ViT-B/32 6-9 % faster in ORT). The module is
+    checked against the model's own `get_image_features` on random pixels; any other
+    layout, or a difference above `tolerance`, gives None, and the caller exports the
+    full tower.
+    """
+    import torch
+
+    from mmrag.embedders.hf import projected_features
+
+    try:
+        tower = model.vision_model
+        layers, projection = tower.encoder.layers, model.visual_projection
+        parts = (tower.embeddings, tower.pre_layrnorm, tower.post_layernorm)
+        last = layers[-1]
+        attn = last.self_attn
+        steps = (last.layer_norm1, attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, last.layer_norm2, last.mlp)
+        head_dim, scale = int(attn.head_dim), float(attn.scale)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if not all(isinstance(m, torch.nn.Module) for m in (*parts, *steps, projection)):
+        return None
+
+    class ClassTokenVision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))
+            for layer in layers[:-1]:
+                hidden = layer(hidden, None)
+            normed = last.layer_norm1(hidden)
+            batch, tokens, width = normed.shape
+            # The same eager attention as transformers', with one query: the class token's.
+            query = attn.q_proj(normed[:, :1]).view(batch, 1, -1, head_dim).transpose(1, 2)
+            keys = attn.k_proj(normed).view(batch, tokens, -1, head_dim).transpose(1, 2)
+            values = attn.v_proj(normed).view(batch, tokens, -1, head_dim).transpose(1, 2)
+            weights = torch.softmax(torch.matmul(query, keys.transpose(2, 3)) * scale, dim=-1, dtype=torch.float32)
+            mixed = torch.matmul(weights.to(query.dtype), values).transpose(1, 2).reshape(batch, 1, width)
+            cls = hidden[:, :1] + attn.out_proj(mixed)
+            cls = cls + last.mlp(last.layer_norm2(cls))
+            return projection(tower.post_layernorm(cls[:, 0]))
+
+    pruned = ClassTokenVision().eval()
+    probe = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            expected = projected_features(model.get_image_features(pixel_values=probe))
+            got = pruned(probe)
+    except Exception as exc:  # a layout this function does not know: export the full tower
+        log.debug("class-token vision graph unavailable (%s); exporting the full tower", exc)
+        return None
+    if got.shape != expected.shape or float((got - expected).abs().max()) > tolerance * float(expected.abs().max()):
+        log.debug("class-token vision graph differs from the model; exporting the full tower")
+        return None
+    return pruned
 
 
 def quantized_path(export_dir: Path, tower: str) -> Path:

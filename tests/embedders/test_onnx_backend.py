@@ -162,3 +162,50 @@ def test_onnx_search_imports_neither_torch_nor_transformers(tiny_clip_dir: Path,
     for h in hits:
         img = ref.embed_images([Image.open(corpus / h["path"]).convert("RGB")])[0]
         assert h["score"] == pytest.approx(float(np.dot(q, img)), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["clip", "chinese_clip"])
+def test_vision_export_computes_the_last_layer_for_the_class_token_only(kind: str, request, tmp_path: Path) -> None:
+    import onnxruntime
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModel
+
+    from mmrag.embedders.hf import projected_features
+
+    model_dir = request.getfixturevalue("tiny_clip_dir" if kind == "clip" else "tiny_chinese_clip_dir")
+    backend = "hf-clip" if kind == "clip" else "hf-chinese-clip"
+    full = onnx_backend.export_model(model_dir, tmp_path / "export", backend=backend)
+    assert json.loads((full / "meta.json").read_text())["vision_graph"] == "class-token-last-layer"
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()  # attention flops counted
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pruned = onnx_backend.class_token_vision(model, 32)
+    assert pruned is not None
+    with torch.no_grad(), FlopCounterMode(display=False) as whole:
+        expected = projected_features(model.get_image_features(pixel_values=pixels)).numpy()
+    with torch.no_grad(), FlopCounterMode(display=False) as one_token:
+        got = pruned(pixels).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    session = onnxruntime.InferenceSession(str(full / "vision.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"pixel_values": pixels.numpy()})[0], expected, atol=1e-5, rtol=0)
+    # What the last layer no longer computes for the other t-1 tokens: the query and output
+    # projections, both MLP matmuls, and their rows of QK^T and of the attention-weighted V.
+    cfg = model.config.vision_config
+    b, d, inner = 4, cfg.hidden_size, cfg.intermediate_size
+    t = (32 // cfg.patch_size) ** 2 + 1
+    saved = 2 * b * (t - 1) * (2 * d * d + 2 * d * inner + 2 * t * d)
+    assert whole.get_total_flops() - one_token.get_total_flops() == saved
+
+
+def test_a_vision_tower_the_class_token_graph_does_not_match_is_exported_whole(tiny_clip_dir: Path) -> None:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_clip_dir).eval()
+    last = model.vision_model.encoder.layers[-1]
+    plain_forward = last.forward
+    # A last layer that does something the class-token graph does not reproduce.
+    last.forward = lambda hidden, mask, **kw: plain_forward(hidden, mask, **kw).flip(1)
+    assert onnx_backend.class_token_vision(model, 32) is None
+    del model.vision_model.pre_layrnorm  # another layout: no pre-layernorm at all
+    assert onnx_backend.class_token_vision(model, 32) is None
+
