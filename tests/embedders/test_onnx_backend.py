@@ -209,3 +209,24 @@ def test_a_vision_tower_the_class_token_graph_does_not_match_is_exported_whole(t
     del model.vision_model.pre_layrnorm  # another layout: no pre-layernorm at all
     assert onnx_backend.class_token_vision(model, 32) is None
 
+
+def test_the_cpu_runs_the_vision_tower_in_cache_sized_calls(tiny_clip_dir: Path) -> None:
+    per_call = onnx_backend.cpu_images_per_call
+    # ViT-B/32-256 (65 tokens), ViT-B/16 (197), the tiny test model (17), a batch smaller than the cap, ViT-H-ish
+    assert [per_call(65, 32), per_call(197, 32), per_call(17, 32), per_call(17, 16), per_call(1000, 32)] == [8, 2, 32, 16, 1]
+    e = load_embedder(str(tiny_clip_dir), device="cpu", backend="onnx", batch_size=64)
+    assert (e.batch_size, e.meta["vision_tokens"], e.images_per_call) == (64, 17, 32)
+    pixels = np.random.default_rng(3).standard_normal((70, 3, 32, 32)).astype(np.float32)
+    session = e.session("vision")
+    calls: list[int] = []
+
+    class Recording:
+        def run(self, names, feeds):
+            calls.append(len(feeds["pixel_values"]))
+            return session.run(names, feeds)
+
+    e._sessions["vision"] = Recording()
+    chunked = e.embed_pixels(pixels)
+    assert calls == [32, 32, 6]
+    whole = session.run(None, {"pixel_values": pixels})[0]
+    np.testing.assert_allclose(chunked, whole / np.linalg.norm(whole, axis=1, keepdims=True), atol=1e-6)
