@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from corpus.helpers import LIMIT_BYTES, LIMIT_PIXELS, decode_ok, decode_skip, item_for, png_with_header
-from mmrag.corpus.decode import ImageDecodeError, decode_image, load_rgb
+from mmrag.corpus.decode import ImageDecodeError, decode_image, image_to_rgb, load_rgb
 from mmrag.corpus.types import DecodedImage
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -446,10 +446,57 @@ def test_draft_with_exif_rotation_reports_displayed_original_size(tmp_path):
     assert _is_red(drafted.pixels[10, 150]) and not _is_red(drafted.pixels[390, 150])
 
 
-def test_draft_is_ignored_for_non_jpeg(tmp_path):
+def _box_mean(arr: np.ndarray, f: int) -> np.ndarray:
+    """Reference f x f box average with Pillow's rounding (sum + half) // count."""
+    h, w, c = arr.shape
+    boxes = arr.reshape(h // f, f, w // f, f, c).astype(np.int64).sum(axis=(1, 3))
+    return ((boxes + f * f // 2) // (f * f)).astype(np.uint8)
+
+
+def test_draft_box_averages_other_formats_down_to_twice_the_target(tmp_path):
+    rng = np.random.default_rng(7)
+    arr = rng.integers(0, 256, size=(600, 800, 3), dtype=np.uint8)
     path = tmp_path / "big.png"
-    Image.new("RGB", (800, 600), GREEN).save(path)
-    assert decode_ok(path, draft_size=100).pixels.shape == (600, 800, 3)
+    Image.fromarray(arr).save(path)
+    drafted = decode_ok(path, draft_size=100)
+    assert (drafted.width, drafted.height) == (800, 600)  # reported as stored
+    # 600 // 2 = 300 >= 2 x 100, but 600 // 4 = 150 is not: factor 2
+    np.testing.assert_array_equal(drafted.pixels, _box_mean(arr, 2))
+    np.testing.assert_array_equal(decode_ok(path, draft_size=50).pixels, _box_mean(arr, 4))
+    np.testing.assert_array_equal(decode_ok(path, draft_size=10).pixels, _box_mean(arr, 8))  # 8 at most
+    np.testing.assert_array_equal(decode_ok(path).pixels, arr)  # no draft: every pixel
+    assert drafted.sha256 == decode_ok(path).sha256
+
+
+def test_draft_leaves_an_image_under_twice_the_target_alone(tmp_path):
+    path = tmp_path / "small.webp"
+    arr = np.random.default_rng(8).integers(0, 256, size=(399, 900, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, lossless=True)
+    np.testing.assert_array_equal(decode_ok(path, draft_size=100).pixels, arr)  # 399 // 2 < 200
+
+
+def test_draft_box_average_follows_exif_rotation_and_alpha(tmp_path):
+    # Transparent left half on white, then rotated: the reduce sees the displayed RGB image.
+    rgba = np.zeros((400, 800, 4), dtype=np.uint8)
+    rgba[:, 400:] = (255, 0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # 90° clockwise when displayed
+    path = tmp_path / "rot.png"
+    Image.fromarray(rgba, "RGBA").save(path, exif=exif)
+    drafted = decode_ok(path, draft_size=100)
+    assert (drafted.width, drafted.height) == (400, 800)
+    assert drafted.pixels.shape == (400, 200, 3)  # displayed 800 x 400, halved
+    assert tuple(drafted.pixels[10, 100]) == WHITE and _is_red(drafted.pixels[390, 100])
+
+
+def test_in_memory_images_get_the_same_draft_as_files(tmp_path):
+    arr = np.random.default_rng(9).integers(0, 256, size=(600, 800, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(arr).save(path)
+    from_file = load_rgb(path, draft_size=100)
+    in_memory = image_to_rgb(Image.fromarray(arr), draft_size=100)
+    assert from_file.size == in_memory.size == (400, 300)
+    np.testing.assert_array_equal(np.asarray(from_file), np.asarray(in_memory))
 
 
 # --------------------------------------------------------------------------- load_rgb
