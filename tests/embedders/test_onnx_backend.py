@@ -175,8 +175,8 @@ def test_vision_export_computes_the_last_layer_for_the_class_token_only(kind: st
 
     model_dir = request.getfixturevalue("tiny_clip_dir" if kind == "clip" else "tiny_chinese_clip_dir")
     backend = "hf-clip" if kind == "clip" else "hf-chinese-clip"
-    full = onnx_backend.export_model(model_dir, tmp_path / "export", backend=backend)
-    assert json.loads((full / "meta.json").read_text())["vision_graph"] == "class-token-last-layer"
+    export = onnx_backend.export_model(model_dir, tmp_path / "export", backend=backend)
+    assert json.loads((export / "meta.json").read_text())["vision_graph"] == "class-token-last-layer"
     model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()  # attention flops counted
     pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     pruned = onnx_backend.class_token_vision(model, 32)
@@ -186,7 +186,7 @@ def test_vision_export_computes_the_last_layer_for_the_class_token_only(kind: st
     with torch.no_grad(), FlopCounterMode(display=False) as one_token:
         got = pruned(pixels).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
-    session = onnxruntime.InferenceSession(str(full / "vision.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(export / "vision.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"pixel_values": pixels.numpy()})[0], expected, atol=1e-5, rtol=0)
     # What the last layer no longer computes for the other t-1 tokens: the query and output
     # projections, both MLP matmuls, and their rows of QK^T and of the attention-weighted V.
